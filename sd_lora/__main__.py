@@ -1,0 +1,5 @@
+import sys
+
+from sd_lora.cli.main import main
+
+sys.exit(main())
