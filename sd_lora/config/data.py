@@ -1,0 +1,163 @@
+"""The `[data]` section and its `[[data.subsets]]` tables (names follow kohya sd-scripts).
+
+A subset field left unset (None) inherits the value of the same key in `[data]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["DataConfig", "SubsetConfig", "SUBSET_INHERITED"]
+
+
+def _f(default, help: str, **extra):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+# Keys a subset may set for itself; unset ones fall back to `[data]`.
+SUBSET_INHERITED = ("caption_extension", "class_tokens", "keep_tokens", "keep_tokens_separator", "shuffle_caption",
+                    "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug", "random_crop")
+
+
+@dataclass
+class SubsetConfig:
+    dir: str = _f("", "Folder of images (and same-stem caption files) of this subset.", path=True)
+    num_repeats: int = _f(1, "How many times each image is seen per epoch.")
+    is_reg: bool = _f(False, "A regularisation (prior-preservation) set: its loss is weighted by data.prior_loss_weight.")
+    metadata_file: str | None = _f(
+        None, "HF imagefolder metadata (JSON lines with file_name + text); default: dir/metadata.jsonl if present.",
+        path=True)
+    class_prompt: str | None = _f(None, "Regularisation subsets: prompt for generating missing class images "
+                                        "(default: data.class_prompt, else class_tokens).")
+    num_class_images: int | None = _f(None, "Regularisation subsets: generate images until the folder holds this many "
+                                            "(default: data.num_class_images).")
+    caption_extension: str | None = _f(None, "Caption file extension (default: data.caption_extension).")
+    class_tokens: str | None = _f(None, "Caption used when an image has no caption file or metadata entry.")
+    keep_tokens: int | None = _f(None, "Leading comma-separated tags that shuffling and tag dropout never touch.")
+    keep_tokens_separator: str | None = _f(None, "If a caption contains it, the part before it is kept in place.")
+    shuffle_caption: bool | None = _f(None, "Shuffle the comma-separated tags of each caption every time it is used.")
+    caption_dropout_rate: float | None = _f(None, "Probability of training on an empty caption.")
+    caption_tag_dropout_rate: float | None = _f(None, "Probability of dropping each (non-kept) tag.")
+    flip_aug: bool | None = _f(None, "Randomly flip images horizontally.")
+    random_crop: bool | None = _f(None, "Random instead of center crop to the target size.")
+
+    def check(self, where: str) -> list[str]:
+        """Problems of this subset, each prefixed with `where` (e.g. 'data.subsets[1]')."""
+        problems = []
+        if not self.dir.strip():
+            problems.append(f"{where}.dir: must name the folder of images of this subset")
+        if self.num_repeats < 1:
+            problems.append(f"{where}.num_repeats: must be at least 1, got {self.num_repeats}")
+        if self.num_class_images is not None and self.num_class_images < 0:
+            problems.append(f"{where}.num_class_images: must not be negative, got {self.num_class_images}")
+        if self.num_class_images and not self.is_reg:
+            problems.append(f"{where}.num_class_images: only applies to a regularisation subset; set is_reg = true")
+        problems += _check_caption_keys(self, where)
+        return problems
+
+
+def _check_caption_keys(cfg, where: str) -> list[str]:
+    problems = []
+    for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+        value = getattr(cfg, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"{where}.{name}: must be between 0 and 1, got {value}")
+    if cfg.keep_tokens is not None and cfg.keep_tokens < 0:
+        problems.append(f"{where}.keep_tokens: must not be negative, got {cfg.keep_tokens}")
+    ext = cfg.caption_extension
+    if ext is not None and not (ext.startswith(".") and len(ext) > 1):
+        problems.append(f"{where}.caption_extension: must start with a dot, e.g. '.txt', got {ext!r}")
+    if cfg.random_crop and getattr(cfg, "cache_latents", False):
+        problems.append(f"{where}.random_crop: a cached latent fixes the crop, so random_crop cannot be combined "
+                        "with cache_latents; turn one of them off")
+    return problems
+
+
+@dataclass
+class DataConfig:
+    dir: str = _f("", "Folder of images with same-stem caption files, or of kohya repeat folders "
+                      "like '10_mychar/' (10 repeats, class tokens 'mychar').", path=True)
+    resolution: int = _f(512, "Training size: images are resized on the short side and cropped to it "
+                              "(with buckets: the pixel budget is resolution²).")
+    caption_extension: str = _f(".txt", "Extension of the caption file beside each image.")
+    metadata_file: str | None = _f(
+        None, "HF imagefolder metadata (JSON lines with file_name + text); default: dir/metadata.jsonl if present.",
+        path=True)
+    num_repeats: int = _f(1, "Repeats of the images directly inside data.dir (repeat folders carry their own).")
+    subsets: list[SubsetConfig] = _f([], "More image folders, each with its own repeats and caption settings.")
+    trigger_word: str | None = _f(None, "Word put in front of every training caption (e.g. 'sks').")
+    class_tokens: str | None = _f(None, "Caption used when an image has no caption file or metadata entry.")
+    keep_tokens: int = _f(0, "Leading comma-separated tags that shuffling and tag dropout never touch.")
+    keep_tokens_separator: str = _f("", "If a caption contains it, the part before it is kept in place "
+                                        "(e.g. '|||'); empty: off.")
+    shuffle_caption: bool = _f(False, "Shuffle the comma-separated tags of each caption every time it is used.")
+    caption_dropout_rate: float = _f(0.0, "Probability of training on an empty caption.")
+    caption_tag_dropout_rate: float = _f(0.0, "Probability of dropping each (non-kept) tag.")
+    flip_aug: bool = _f(False, "Randomly flip images horizontally.")
+    random_crop: bool = _f(False, "Random instead of center crop to the target size.")
+    enable_bucket: bool = _f(False, "Aspect-ratio buckets: each image trains at the bucket closest to its shape.")
+    min_bucket_reso: int = _f(256, "Smallest bucket side in pixels.")
+    max_bucket_reso: int = _f(1024, "Largest bucket side in pixels.")
+    bucket_reso_steps: int = _f(64, "Bucket sides are multiples of this many pixels.")
+    bucket_no_upscale: bool = _f(False, "Buckets never exceed an image's own size (small images are not enlarged).")
+    cache_latents: bool = _f(False, "Encode every image with the VAE once before training and keep the latents.")
+    cache_latents_to_disk: bool = _f(False, "Also store cached latents as safetensors beside the images and reuse "
+                                             "them in later runs.")
+    cache_text_encoder_outputs: bool = _f(False, "Encode each caption once (only when the text encoder is frozen and "
+                                                 "captions are not shuffled or dropped).")
+    reg_data_dir: str | None = _f(None, "Folder of regularisation (class) images; shorthand for a subset with "
+                                        "is_reg = true.", path=True)
+    prior_loss_weight: float = _f(1.0, "Loss weight of regularisation images.")
+    num_class_images: int = _f(0, "Generate class images into the regularisation folder until it holds this many.")
+    class_prompt: str | None = _f(None, "Prompt for generating class images (e.g. 'a photo of a dog').")
+    validation_split: float = _f(0.0, "Fraction of training images held out for a validation loss "
+                                      "(chosen by the seed).")
+    validation_dir: str | None = _f(None, "Folder of validation images with captions (instead of validation_split).",
+                                    path=True)
+    validation_every_n_steps: int = _f(0, "Compute the validation loss every N optimiser steps (0: at the end only).")
+    num_workers: int = _f(0, "Data-loading worker processes (0: load in the training process). "
+                             "Results do not depend on it.")
+
+    def validate(self) -> list[str]:
+        problems = self._check_sizes() + _check_caption_keys(self, "data")
+        for i, subset in enumerate(self.subsets):
+            problems += subset.check(f"data.subsets[{i}]")
+            if subset.random_crop and self.cache_latents:
+                problems.append(f"data.subsets[{i}].random_crop: a cached latent fixes the crop, so random_crop "
+                                "cannot be combined with data.cache_latents; turn one of them off")
+        if not 0.0 <= self.validation_split < 1.0:
+            problems.append(f"data.validation_split: must be in [0, 1), got {self.validation_split}")
+        if self.validation_split > 0 and self.validation_dir:
+            problems.append("data.validation_split: set either validation_split or validation_dir, not both")
+        if self.prior_loss_weight < 0:
+            problems.append(f"data.prior_loss_weight: must not be negative, got {self.prior_loss_weight}")
+        for name in ("num_class_images", "num_workers", "validation_every_n_steps", "num_repeats"):
+            minimum = 1 if name == "num_repeats" else 0
+            if getattr(self, name) < minimum:
+                problems.append(f"data.{name}: must be at least {minimum}, got {getattr(self, name)}")
+        if self.cache_latents_to_disk and not self.cache_latents:
+            problems.append("data.cache_latents_to_disk: needs cache_latents = true")
+        return problems
+
+    def _check_sizes(self) -> list[str]:
+        problems = []
+        if self.resolution < 8 or self.resolution % 8:
+            problems.append(f"data.resolution: must be a positive multiple of 8, got {self.resolution}")
+        if not self.enable_bucket:
+            if self.bucket_no_upscale:
+                problems.append("data.bucket_no_upscale: only applies with enable_bucket = true")
+            return problems
+        step = self.bucket_reso_steps
+        if step < 8 or step % 8:
+            problems.append(f"data.bucket_reso_steps: must be a positive multiple of 8, got {step}")
+            return problems
+        for name in ("min_bucket_reso", "max_bucket_reso"):
+            value = getattr(self, name)
+            if value < step or value % step:
+                problems.append(f"data.{name}: must be a positive multiple of bucket_reso_steps ({step}), got {value}")
+        if not self.min_bucket_reso <= self.resolution <= self.max_bucket_reso:
+            problems.append(f"data.resolution: must lie between min_bucket_reso ({self.min_bucket_reso}) and "
+                            f"max_bucket_reso ({self.max_bucket_reso}), got {self.resolution}")
+        return problems
