@@ -1,0 +1,165 @@
+"""The cheap first pass over the dataset: find images, read headers and captions, skip bad files.
+
+`scan_dataset` runs before any model loads, so a missing folder, an empty dataset or a broken metadata
+file fails in milliseconds. No pixel data is decoded here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sd_lora.config.data import DataConfig
+from sd_lora.data.images import IMAGE_EXTENSIONS, BadImage, probe_image
+from sd_lora.data.layout import SubsetSpec, list_images, resolve_subsets, resolve_validation
+from sd_lora.errors import SdLoraError
+
+__all__ = ["ImageRecord", "SubsetScan", "ScanReport", "scan_dataset", "read_metadata"]
+
+log = logging.getLogger("sd_lora.data")
+_EXAMPLES = 3  # file names quoted in a summary warning
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    caption: str  # before trigger word and randomisation
+    caption_source: str  # "file", "metadata", "class_tokens" or "none"
+    width: int  # displayed size (EXIF orientation applied)
+    height: int
+
+
+@dataclass
+class SubsetScan:
+    spec: SubsetSpec
+    records: list[ImageRecord]
+
+    @property
+    def missing_class_images(self) -> int:
+        return max(0, self.spec.num_class_images - len(self.records)) if self.spec.is_reg else 0
+
+
+@dataclass
+class ScanReport:
+    subsets: list[SubsetScan]
+    validation: list[SubsetScan] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def train_images(self) -> int:
+        return sum(len(s.records) for s in self.subsets if not s.spec.is_reg)
+
+    @property
+    def reg_images(self) -> int:
+        return sum(len(s.records) for s in self.subsets if s.spec.is_reg)
+
+
+def scan_dataset(cfg: DataConfig) -> ScanReport:
+    """Find every usable image of every subset; raise SdLoraError when there is nothing to train on."""
+    report = ScanReport(subsets=[])
+    report.subsets = [_scan_subset(spec, report) for spec in resolve_subsets(cfg)]
+    report.validation = [_scan_subset(spec, report) for spec in resolve_validation(cfg)]
+    if report.skipped:
+        _warn(report, f"skipped {len(report.skipped)} unusable image file(s): "
+                      + ", ".join(p.name for p, _ in report.skipped[:_EXAMPLES])
+                      + (" ..." if len(report.skipped) > _EXAMPLES else ""))
+    _summarise_captions(report)
+    if report.train_images == 0:
+        folders = ", ".join(sorted({str(s.spec.dir) for s in report.subsets if not s.spec.is_reg})) or "(none)"
+        raise SdLoraError(
+            f"no usable training images in {folders}"
+            + (f" ({len(report.skipped)} file(s) skipped, see the warnings above)" if report.skipped else "")
+            + f"; put {'/'.join(IMAGE_EXTENSIONS)} images with same-stem caption files there")
+    for sub in report.validation:
+        if not sub.records:
+            raise SdLoraError(f"data.validation_dir {str(sub.spec.dir)!r} holds no usable images")
+    for sub in report.subsets:
+        if sub.missing_class_images and not sub.spec.class_prompt:
+            raise SdLoraError(f"{sub.spec.where}: {sub.missing_class_images} class images must be generated but no "
+                              "prompt is set; set data.class_prompt (e.g. 'a photo of a dog')")
+    return report
+
+
+def read_metadata(path: Path) -> dict[Path, str]:
+    """HF imagefolder metadata.jsonl -> {image path: caption}; a broken line is an error naming its number."""
+    entries: dict[Path, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SdLoraError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove this line") from e
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            raise SdLoraError(f"{path}:{lineno}: each line must be a JSON object with a \"file_name\" string")
+        text = row.get("text", row.get("caption", ""))
+        if not isinstance(text, str):
+            raise SdLoraError(f"{path}:{lineno}: \"text\" must be a string, got {text!r}")
+        entries[(path.parent / row["file_name"]).resolve()] = text.strip()
+    return entries
+
+
+def _scan_subset(spec: SubsetSpec, report: ScanReport) -> SubsetScan:
+    if not spec.dir.is_dir():  # a regularisation folder that class-image generation will create
+        return SubsetScan(spec, [])
+    metadata = _metadata_for(spec)
+    paths = list_images(spec.dir)
+    known = {p.resolve() for p in paths}
+    missing = [p for p in metadata if p not in known and not p.is_file()]
+    if missing:
+        _warn(report, f"{spec.where}: {len(missing)} file(s) named in the metadata file do not exist, e.g. "
+                      f"{missing[0].name}")
+    paths += sorted(p for p in metadata if p not in known and p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    records = []
+    for path in paths:
+        try:
+            info = probe_image(path)
+        except BadImage as e:
+            log.warning("skipping %s: %s", path, e)
+            report.skipped.append((path, str(e)))
+            continue
+        caption, source = _caption_for(path, spec, metadata)
+        records.append(ImageRecord(path, caption, source, info.width, info.height))
+    return SubsetScan(spec, records)
+
+
+def _metadata_for(spec: SubsetSpec) -> dict[Path, str]:
+    path = spec.metadata_file or spec.dir / "metadata.jsonl"
+    if spec.metadata_file is not None and not path.is_file():
+        raise SdLoraError(f"{spec.where}: metadata_file {str(path)!r} does not exist")
+    return read_metadata(path) if path.is_file() else {}
+
+
+def _caption_for(path: Path, spec: SubsetSpec, metadata: dict[Path, str]) -> tuple[str, str]:
+    """Caption file, then metadata.jsonl, then the subset's class tokens, then empty."""
+    caption_file = path.with_suffix(spec.caption_extension)
+    if caption_file.is_file():
+        text = caption_file.read_text(encoding="utf-8-sig", errors="replace")
+        return " ".join(line.strip() for line in text.splitlines() if line.strip()), "file"
+    text = metadata.get(path.resolve())
+    if text is not None:
+        return text, "metadata"
+    if spec.class_tokens:
+        return spec.class_tokens, "class_tokens"
+    return "", "none"
+
+
+def _summarise_captions(report: ScanReport) -> None:
+    all_records = [(s.spec, r) for s in report.subsets + report.validation for r in s.records]
+    sources = Counter(r.caption_source for _, r in all_records)
+    if sources["class_tokens"]:
+        _warn(report, f"{sources['class_tokens']} image(s) have no caption file or metadata entry and use their "
+                      "subset's class tokens as caption")
+    if sources["none"]:
+        examples = [r.path.name for _, r in all_records if r.caption_source == "none"][:_EXAMPLES]
+        _warn(report, f"{sources['none']} image(s) have no caption (no caption file, metadata entry or class "
+                      f"tokens) and train with an empty caption, e.g. {', '.join(examples)}")
+
+
+def _warn(report: ScanReport, message: str) -> None:
+    log.warning(message)
+    report.warnings.append(message)
