@@ -1,1 +1,74 @@
+"""Adapters through peft: one folder per method builds its peft config; `inject` puts it in a model.
 
+    spec = adapter_spec(cfg.network, unet, "unet")
+    count = inject(unet, build_peft_config(cfg.network.type, spec))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sd_lora.adapters import loha, lokr, lora
+from sd_lora.adapters.spec import AdapterSpec
+from sd_lora.adapters.targets import resolve_targets
+from sd_lora.errors import SdLoraError
+
+__all__ = ["METHODS", "AdapterSpec", "adapter_spec", "build_peft_config", "inject", "trainable_parameters"]
+
+METHODS = {"lora": lora.build_config, "loha": loha.build_config, "lokr": lokr.build_config}
+
+
+def adapter_spec(network, model: torch.nn.Module, component: str) -> AdapterSpec:
+    """Resolve `network` (the [network] config section) against one model ('unet' or 'text_encoder')."""
+    if component == "unet":
+        targets = resolve_targets(model, "unet", preset=network.preset, suffixes=network.unet_targets,
+                                  regex=network.unet_target_regex)
+    else:
+        targets = resolve_targets(model, "text_encoder", preset=network.preset, suffixes=network.text_encoder_targets)
+    conv_rank = network.conv_rank or network.rank
+    return AdapterSpec(targets, network.rank, network.alpha, conv_rank,
+                       network.conv_alpha if network.conv_alpha is not None else network.alpha,
+                       network.dropout, network.dora, network.rslora, network.lokr_factor)
+
+
+def build_peft_config(method: str, spec: AdapterSpec):
+    return METHODS[method](spec)
+
+
+def inject(model: torch.nn.Module, config, adapter_name: str = "default") -> int:
+    """Freeze `model`, add the adapter in place (adapter weights fp32 and trainable); return modules adapted.
+
+    Uses the model's own `add_adapter` (diffusers/transformers PEFT integration) so that
+    `set_adapters`, `fuse_lora` and those libraries' save/load helpers see the adapter.
+    """
+    model.requires_grad_(False)
+    try:
+        model.add_adapter(config, adapter_name=adapter_name)
+    except ValueError as e:
+        raise SdLoraError(f"network: could not add the adapter to the {type(model).__name__}: {e}") from e
+    count = 0
+    for module in model.modules():
+        params = _adapter_params(module, adapter_name)
+        if params:
+            count += 1
+            for p in params:
+                p.data = p.data.float()
+                p.requires_grad_(True)
+    return count
+
+
+def _adapter_params(module: torch.nn.Module, adapter_name: str) -> list[torch.nn.Parameter]:
+    """The parameters a peft tuner layer holds for `adapter_name` (LoRA A/B, DoRA magnitude, LoHa/LoKr factors)."""
+    names = getattr(module, "adapter_layer_names", ())
+    params = []
+    for attr in names:
+        container = getattr(module, attr, None)
+        if container is None or adapter_name not in container:
+            continue
+        item = container[adapter_name]
+        params.extend(item.parameters() if isinstance(item, torch.nn.Module) else [item])
+    return params
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -34,29 +34,56 @@ class ModelConfig:
 
 @dataclass
 class NetworkConfig:
-    rank: int = _f(16, "LoRA rank r (the width of the low-rank update).")
-    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / rank.")
-    dropout: float = _f(0.0, "Dropout on the LoRA path during training.")
-    train_text_encoder: bool = _f(False, "Also train LoRA on the text encoder(s).")
-    unet_targets: list[str] = _f(
-        ["to_q", "to_k", "to_v", "to_out.0"],
-        "UNet module-name suffixes to adapt (peft target_modules), e.g. ['attn2.to_q', 'attn2.to_k', "
+    type: Literal["lora", "loha", "lokr"] = _f(
+        "lora", "Adapter method (all through peft): lora (LoCon when conv layers are targeted), loha, lokr.")
+    rank: int = _f(16, "Rank r (the width of the low-rank update).")
+    alpha: float = _f(16.0, "Alpha; the update is scaled by alpha / rank (alpha / sqrt(rank) with rslora).")
+    conv_rank: int | None = _f(None, "Rank of 3x3 conv layers (LoCon, targeted by preset 'full'); default: rank.")
+    conv_alpha: float | None = _f(None, "Alpha of 3x3 conv layers; default: alpha.")
+    dora: bool = _f(False, "DoRA: learn a per-output magnitude besides the LoRA direction (type lora only).")
+    rslora: bool = _f(False, "Rank-stabilised scaling alpha / sqrt(rank) (type lora only).")
+    lokr_factor: int = _f(-1, "LoKr: factor of the Kronecker split (-1: as square as possible).")
+    dropout: float = _f(0.0, "Dropout on the adapter path during training.")
+    preset: Literal["attn", "attn-mlp", "full"] = _f(
+        "attn", "Modules adapted: attn (to_q/k/v/out.0), attn-mlp (+ proj_in/out and feed-forward; text encoder "
+        "+ fc1/fc2), full (+ ResNet convs, time embedding projections, up/down-samplers).")
+    unet_targets: list[str] | None = _f(
+        None, "UNet module-name suffixes to adapt instead of the preset, e.g. ['attn2.to_q', 'attn2.to_k', "
         "'attn2.to_v', 'attn2.to_out.0'] for cross-attention only.")
-    text_encoder_targets: list[str] = _f(
-        ["q_proj", "k_proj", "v_proj", "out_proj"], "Text-encoder module-name suffixes to adapt.")
+    unet_target_regex: str | None = _f(
+        None, "A regular expression matched against full UNet module names (instead of preset/unet_targets).")
+    train_text_encoder: bool = _f(False, "Also train adapters on the text encoder(s).")
+    text_encoder_targets: list[str] | None = _f(
+        None, "Text-encoder module-name suffixes instead of the preset (attn: q/k/v/out_proj).")
 
     def validate(self) -> list[str]:
         problems = []
-        if self.rank < 1:
-            problems.append(f"network.rank: must be at least 1, got {self.rank}")
-        if self.alpha <= 0:
-            problems.append(f"network.alpha: must be positive, got {self.alpha}")
+        for name in ("rank", "conv_rank"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"network.{name}: must be at least 1, got {value}")
+        for name in ("alpha", "conv_alpha"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"network.{name}: must be positive, got {value}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"network.dropout: must be in [0, 1), got {self.dropout}")
-        if not self.unet_targets:
-            problems.append("network.unet_targets: must name at least one module")
-        if self.train_text_encoder and not self.text_encoder_targets:
-            problems.append("network.text_encoder_targets: must name at least one module when train_text_encoder is true")
+        if self.unet_targets is not None and not self.unet_targets:
+            problems.append("network.unet_targets: must name at least one module (or leave it out to use the preset)")
+        if self.unet_targets and self.unet_target_regex:
+            problems.append("network.unet_target_regex: set either unet_targets or unet_target_regex, not both")
+        if self.unet_target_regex:
+            import re
+
+            try:
+                re.compile(self.unet_target_regex)
+            except re.error as e:
+                problems.append(f"network.unet_target_regex: not a valid regular expression: {e}")
+        if self.text_encoder_targets is not None and not self.text_encoder_targets:
+            problems.append("network.text_encoder_targets: must name at least one module")
+        for flag in ("dora", "rslora"):
+            if getattr(self, flag) and self.type != "lora":
+                problems.append(f"network.{flag}: only applies to type 'lora', not {self.type!r}")
         return problems
 
 

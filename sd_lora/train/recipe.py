@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sd_lora.adapters.lora import inject_lora, lora_config, trainable_parameters
+from sd_lora.adapters import adapter_spec, build_peft_config, inject, trainable_parameters
 from sd_lora.config.load import dump_config
 from sd_lora.config.schema import Config
 from sd_lora.errors import SdLoraError
@@ -110,14 +110,15 @@ class LoRARecipe:
 
     def _setup_adapters(self) -> None:
         n = self.cfg.network
-        torch.manual_seed(self.cfg.train.seed)  # adapter init (A) is seeded
-        self.modules_adapted = {"unet": inject_lora(self.unet, lora_config(n.unet_targets, n.rank, n.alpha, n.dropout))}
-        self.trained = [self.unet]
+        torch.manual_seed(self.cfg.train.seed)  # adapter init is seeded
+        components = [("unet", self.unet)]
         if n.train_text_encoder:
-            for name, te in zip(self._te_names(), self.text_encoders):
-                self.modules_adapted[name] = inject_lora(
-                    te, lora_config(n.text_encoder_targets, n.rank, n.alpha, n.dropout))
-                self.trained.append(te)
+            components += list(zip(self._te_names(), self.text_encoders))
+        self.modules_adapted, self.trained = {}, []
+        for name, model in components:
+            spec = adapter_spec(n, model, "unet" if name == "unet" else "text_encoder")
+            self.modules_adapted[name] = inject(model, build_peft_config(n.type, spec))
+            self.trained.append(model)
 
     def _te_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
