@@ -1,0 +1,135 @@
+"""The dataset plan printed before training (and by --dry-run): what is trained on, for how long, how.
+
+Computed from the scan alone: no pixel is decoded and no model is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sd_lora.config.data import DataConfig
+from sd_lora.data.buckets import Size
+from sd_lora.data.cache import CACHE_DIRNAME, text_cache_blocker
+from sd_lora.data.dataset import build_dataset, has_validation
+from sd_lora.data.loader import count_batches
+from sd_lora.data.scan import ImageRecord, ScanReport, SubsetScan
+
+__all__ = ["SubsetPlan", "TrainingPlan", "make_plan", "format_plan"]
+
+
+@dataclass
+class SubsetPlan:
+    name: str
+    where: str
+    images: int
+    repeats: int
+    is_reg: bool
+    samples: int  # per epoch
+    to_generate: int = 0
+
+
+@dataclass
+class TrainingPlan:
+    subsets: list[SubsetPlan]
+    train_images: int
+    reg_images: int
+    samples_per_epoch: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    num_processes: int
+    batches_per_epoch: int  # per process
+    steps_per_epoch: float  # optimiser steps; fractional when accumulation spans an epoch boundary
+    max_steps: int
+    epochs: int
+    buckets: dict[Size, int]  # bucket (w, h) -> distinct images
+    validation_images: int = 0
+    skipped_files: int = 0
+    prior_loss_weight: float = 1.0
+    cached: list[str] = field(default_factory=list)
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps * self.num_processes
+
+
+def make_plan(cfg: DataConfig, scan: ScanReport, *, batch_size: int, gradient_accumulation_steps: int = 1,
+              num_processes: int = 1, max_steps: int | None = None, max_epochs: int | None = None,
+              seed: int = 0, train_text_encoder: bool = False) -> TrainingPlan:
+    """Numbers for `format_plan`. Give max_steps (epochs are derived) or max_epochs (steps are derived).
+
+    Class images still to be generated count as square images at data.resolution.
+    """
+    if (max_steps is None) == (max_epochs is None):
+        raise ValueError("give exactly one of max_steps and max_epochs")
+    planned = _with_pending_class_images(scan, cfg.resolution)
+    ds = build_dataset(cfg, planned, split="train", seed=seed)
+    per_entry = Counter(ds.entry_buckets())
+    batches = count_batches(list(per_entry.values()), batch_size, num_processes)
+    micro_needed = None if max_steps is None else max_steps * gradient_accumulation_steps
+    epochs = max_epochs if max_epochs is not None else math.ceil(micro_needed / batches)
+    steps = max_steps if max_steps is not None else batches * max_epochs // gradient_accumulation_steps
+    entries = Counter(ds.entries)
+    subsets = []
+    for sub, orig in zip(planned.subsets, scan.subsets):
+        idx = [i for i, it in enumerate(ds.items) if it.spec is sub.spec]
+        subsets.append(SubsetPlan(sub.spec.name, sub.spec.where, len(sub.records), sub.spec.num_repeats,
+                                  sub.spec.is_reg, sum(entries[i] for i in idx), orig.missing_class_images))
+    validation = len(build_dataset(cfg, scan, split="validation", seed=seed)) if has_validation(cfg) else 0
+    return TrainingPlan(
+        subsets=subsets, train_images=sum(s.images for s in subsets if not s.is_reg),
+        reg_images=sum(s.images for s in subsets if s.is_reg), samples_per_epoch=len(ds), batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, num_processes=num_processes,
+        batches_per_epoch=batches, steps_per_epoch=batches / gradient_accumulation_steps, max_steps=steps,
+        epochs=epochs, buckets=dict(Counter(it.bucket for it in ds.items)), validation_images=validation,
+        skipped_files=len(scan.skipped), prior_loss_weight=cfg.prior_loss_weight,
+        cached=_cache_lines(cfg, ds, train_text_encoder))
+
+
+def format_plan(plan: TrainingPlan) -> str:
+    lines = ["Dataset plan"]
+    for s in plan.subsets:
+        if s.is_reg:
+            gen = f" ({s.to_generate} to generate)" if s.to_generate else ""
+            lines.append(f"  regularisation '{s.name}' [{s.where}]: {s.images} images{gen} -> {s.samples} samples "
+                         f"per epoch (balanced to the training samples), loss weight {plan.prior_loss_weight:g}")
+        else:
+            lines.append(f"  subset '{s.name}' [{s.where}]: {s.images} images x {s.repeats} repeats = "
+                         f"{s.samples} samples")
+    lines += [
+        f"  training images: {plan.train_images}, regularisation images: {plan.reg_images}"
+        + (f", skipped files: {plan.skipped_files}" if plan.skipped_files else ""),
+        f"  validation images: {plan.validation_images}" if plan.validation_images else "  validation: off",
+        f"  samples per epoch: {plan.samples_per_epoch}",
+        f"  batch: {plan.batch_size} per process x {plan.gradient_accumulation_steps} accumulation x "
+        f"{plan.num_processes} process(es) = {plan.effective_batch_size} effective",
+        f"  batches per epoch (per process): {plan.batches_per_epoch} = {plan.steps_per_epoch:g} optimiser steps",
+        f"  training length: {plan.max_steps} steps = {plan.epochs} epoch(s)",
+        "  buckets (w x h: images):",
+    ]
+    lines += [f"    {w}x{h}: {n}" for (w, h), n in sorted(plan.buckets.items(), key=lambda kv: (-kv[1], kv[0]))]
+    lines.append("  cache: " + ("; ".join(plan.cached) if plan.cached else "nothing cached"))
+    return "\n".join(lines)
+
+
+def _with_pending_class_images(scan: ScanReport, resolution: int) -> ScanReport:
+    subsets = []
+    for sub in scan.subsets:
+        pending = [ImageRecord(Path(f"<class image {i + 1} to generate>"), sub.spec.class_prompt or "",
+                               "class_tokens", resolution, resolution) for i in range(sub.missing_class_images)]
+        subsets.append(SubsetScan(sub.spec, sub.records + pending))
+    return replace(scan, subsets=subsets)
+
+
+def _cache_lines(cfg: DataConfig, ds, train_text_encoder: bool) -> list[str]:
+    lines = []
+    if cfg.cache_latents:
+        where = f"on disk in each image folder's {CACHE_DIRNAME}/" if cfg.cache_latents_to_disk else "in memory"
+        flip = " (both orientations)" if any(it.spec.flip_aug for it in ds.items) else ""
+        lines.append(f"VAE latents {where}{flip}")
+    if cfg.cache_text_encoder_outputs:
+        reason = text_cache_blocker(ds, train_text_encoder)
+        lines.append("text-encoder outputs in memory" if reason is None else f"text-encoder outputs NOT cached: {reason}")
+    return lines
