@@ -74,6 +74,9 @@ def scan_dataset(cfg: DataConfig) -> ScanReport:
             f"no usable training images in {folders}"
             + (f" ({len(report.skipped)} file(s) skipped, see the warnings above)" if report.skipped else "")
             + f"; put {'/'.join(IMAGE_EXTENSIONS)} images with same-stem caption files there")
+    if cfg.validation_split > 0 and report.train_images < 2:
+        raise SdLoraError(f"data.validation_split = {cfg.validation_split} needs at least 2 training images to hold "
+                          f"one out, found {report.train_images}; set it to 0 or add images")
     for sub in report.validation:
         if not sub.records:
             raise SdLoraError(f"data.validation_dir {str(sub.spec.dir)!r} holds no usable images")

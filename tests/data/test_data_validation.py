@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from sd_lora.data import build_dataloader, build_dataset, has_validation, scan_dataset
 from sd_lora.data.validation import holdout_keys, validation_noise
+from sd_lora.errors import SdLoraError
 
 
 def write(folder, noise_image, n, prefix="img"):
@@ -65,3 +67,9 @@ def test_holdout_never_takes_everything():
     assert holdout_keys(["a"], 0.5, 0) == set()
     assert len(holdout_keys(["a", "b"], 0.9, 0)) == 1
     assert len(holdout_keys([str(i) for i in range(100)], 0.1, 0)) == 10
+
+
+def test_split_of_a_single_image_is_an_error(tmp_path, noise_image, data_cfg):
+    write(tmp_path / "data", noise_image, 1)
+    with pytest.raises(SdLoraError, match="validation_split = 0.5 needs at least 2 training images"):
+        scan_dataset(data_cfg(tmp_path / "data", validation_split=0.5))
