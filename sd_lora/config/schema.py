@@ -10,14 +10,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sd_lora.config.data import DataConfig
+from sd_lora.config.train import SampleConfig, TrainConfig, _f
 
-__all__ = ["ModelConfig", "NetworkConfig", "TrainConfig", "OutputConfig", "Config"]
-
-
-def _f(default, help: str, **extra):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+__all__ = ["ModelConfig", "NetworkConfig", "TrainConfig", "SampleConfig", "OutputConfig", "Config"]
 
 
 @dataclass
@@ -27,6 +22,9 @@ class ModelConfig:
     prediction_type: Literal["epsilon", "v_prediction"] | None = _f(
         None, "Override the prediction type read from the scheduler config.")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of a hub id.")
+    allow_pickle: bool = _f(False, "Allow pickle checkpoints (.ckpt/.pt/.bin). Pickle can run code: only for files you trust.")
+    quantize: Literal["nf4", "int8"] | None = _f(
+        None, "Load the frozen UNet quantised through bitsandbytes (QLoRA-style; CUDA only).")
 
     def validate(self) -> list[str]:
         return [] if self.pretrained.strip() else ["model.pretrained: must not be empty"]
@@ -88,47 +86,30 @@ class NetworkConfig:
 
 
 @dataclass
-class TrainConfig:
-    max_steps: int = _f(1000, "Optimiser steps to train for.")
-    batch_size: int = _f(1, "Images per step per process (before gradient accumulation).")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated into one optimiser step.")
-    learning_rate: float = _f(1e-4, "AdamW learning rate.")
-    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to learning_rate; constant afterwards.")
-    weight_decay: float = _f(1e-2, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 disables clipping).")
-    mixed_precision: Literal["no", "fp16", "bf16"] = _f(
-        "no", "Mixed precision: the frozen base runs in this dtype, LoRA weights stay fp32.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    attention: Literal["sdpa", "xformers"] = _f("sdpa", "Attention kernel: PyTorch SDPA or xformers (needs the extra).")
-    seed: int = _f(42, "Seed for adapter init, data order, noise and timesteps.")
-    log_every_n_steps: int = _f(10, "Print/log loss and speed every N optimiser steps.")
-
-    def validate(self) -> list[str]:
-        problems = []
-        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every_n_steps"):
-            if getattr(self, name) < 1:
-                problems.append(f"train.{name}: must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            problems.append(f"train.learning_rate: must be positive, got {self.learning_rate}")
-        for name in ("lr_warmup_steps", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                problems.append(f"train.{name}: must not be negative, got {getattr(self, name)}")
-        return problems
-
-
-@dataclass
 class OutputConfig:
-    dir: str = _f("output", "Folder for the adapter, resolved config and logs.", path=True)
+    dir: str = _f("output", "Folder for the adapter, resolved config, checkpoints, samples and logs.", path=True)
     name: str = _f("lora", "File stem: the adapter is written to {dir}/{name}.safetensors.")
     save_precision: Literal["fp16", "fp32", "bf16"] = _f("fp16", "Precision of the tensors in the saved file.")
     format: Literal["community", "diffusers"] = _f(
-        "community", "community: kohya/AUTOMATIC1111/ComfyUI layout (diffusers loads it too); diffusers: save_lora_weights layout.")
+        "community", "community: kohya/AUTOMATIC1111/ComfyUI layout (diffusers loads it too); diffusers: "
+        "save_lora_weights layout.")
+    save_every_n_steps: int = _f(0, "Also save {name}-step{N}.safetensors and a resumable state every N steps (0: off).")
+    save_every_n_epochs: int = _f(0, "Save an adapter and a resumable state at the end of every N epochs (0: off).")
+    save_last_n: int = _f(0, "Keep only the newest N intermediate saves (0: keep all).")
+    save_state_at_end: bool = _f(True, "Also save a resumable state when training ends, so a run can be extended "
+                                       "later with a higher max_steps and train.resume = 'latest'.")
+    log_with: Literal["auto", "tensorboard", "wandb", "none"] = _f(
+        "auto", "Experiment tracker through accelerate; auto: TensorBoard when installed, else none.")
 
     def validate(self) -> list[str]:
+        problems = []
         bad = set('/\\:*?"<>|')
         if not self.name or any(c in bad for c in self.name):
-            return [f"output.name: must be a plain file stem without path separators, got {self.name!r}"]
-        return []
+            problems.append(f"output.name: must be a plain file stem without path separators, got {self.name!r}")
+        for key in ("save_every_n_steps", "save_every_n_epochs", "save_last_n"):
+            if getattr(self, key) < 0:
+                problems.append(f"output.{key}: must not be negative, got {getattr(self, key)}")
+        return problems
 
 
 @dataclass
@@ -137,4 +118,5 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

@@ -97,13 +97,29 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
     return BaseModelInfo(pretrained, location, family or detected_family, prediction_type or detected_pred, is_local)
 
 
+def _quantized_unet(location: str, is_local: bool, quantize: str, torch_dtype: torch.dtype):
+    from diffusers import BitsAndBytesConfig, UNet2DConditionModel
+
+    if quantize == "nf4":
+        qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    else:
+        qcfg = BitsAndBytesConfig(load_in_8bit=True)
+    return UNet2DConditionModel.from_pretrained(location, subfolder="unet", quantization_config=qcfg,
+                                                torch_dtype=torch_dtype, local_files_only=is_local)
+
+
 def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type: str | None = None,
-                  torch_dtype: torch.dtype = torch.float32):
-    """Load the whole diffusers pipeline; returns (pipeline, BaseModelInfo)."""
+                  torch_dtype: torch.dtype = torch.float32, allow_pickle: bool = False, quantize: str | None = None):
+    """Load the whole diffusers pipeline; returns (pipeline, BaseModelInfo).
+
+    `quantize` ('nf4' / 'int8') loads the UNet through bitsandbytes (CUDA only; the caller checks).
+    """
     from diffusers import DiffusionPipeline
 
     info = inspect_model(pretrained, family, prediction_type)
     kwargs = dict(torch_dtype=torch_dtype, local_files_only=info.is_local)
+    if quantize:
+        kwargs["unet"] = _quantized_unet(info.location, info.is_local, quantize, torch_dtype)
     if info.family != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:

@@ -1,11 +1,12 @@
-"""Diffusion training targets and the per-sample weighted loss."""
+"""Diffusion training targets, noise and timestep sampling, and the loss with its weightings."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["diffusion_target", "weighted_mse"]
+__all__ = ["diffusion_target", "sample_noise", "sample_timesteps", "min_snr_weights", "per_sample_loss",
+           "weighted_mean", "weighted_mse"]
 
 
 def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -18,10 +19,49 @@ def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor
     raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 
-def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error per sample, then a weighted mean over the batch (prior-preservation weights)."""
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+def sample_noise(shape: torch.Size, generator: torch.Generator, noise_offset: float = 0.0) -> torch.Tensor:
+    """Gaussian noise; with an offset, plus a per-image, per-channel constant (lets the model shift brightness)."""
+    noise = torch.randn(shape, generator=generator)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+    return noise
+
+
+def sample_timesteps(batch_size: int, generator: torch.Generator, low: int = 0, high: int = 1000) -> torch.Tensor:
+    return torch.randint(low, high, (batch_size,), generator=generator)
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction_type: str) -> torch.Tensor:
+    """Min-SNR-γ (Hang et al. 2023): min(SNR, γ)/SNR for epsilon, min(SNR, γ)/(SNR + 1) for v-prediction."""
+    ac = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = ac / (1 - ac).clamp_min(1e-12)
+    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr.clamp_min(1e-12)
+
+
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1) -> torch.Tensor:
+    """Loss per sample (mean over everything but the batch axis)."""
+    pred, target = pred.float(), target.float()
+    if loss_type == "l2":
+        elem = F.mse_loss(pred, target, reduction="none")
+    elif loss_type == "huber":  # pseudo-Huber: quadratic near 0, linear beyond huber_c
+        elem = 2 * huber_c * (torch.sqrt((pred - target) ** 2 + huber_c ** 2) - huber_c)
+    elif loss_type == "smooth_l1":
+        elem = F.smooth_l1_loss(pred, target, reduction="none", beta=huber_c)
+    else:
+        raise ValueError(f"unknown loss type {loss_type!r}")
+    return elem.mean(dim=tuple(range(1, pred.ndim)))
+
+
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of loss × weight (as kohya weighs regularisation images by prior_loss_weight)."""
     if weights is None:
         return per_sample.mean()
-    weights = weights.to(per_sample)
-    return (per_sample * weights).sum() / weights.sum().clamp_min(1e-8)
+    return (per_sample * weights.to(per_sample)).mean()
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    return weighted_mean(per_sample_loss(pred, target, "l2"), weights)

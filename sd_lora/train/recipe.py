@@ -1,10 +1,12 @@
 """The LoRA training recipe, top to bottom.
 
-    check inputs -> setup() (data plan, accelerator, models, adapters, optimiser, data loader)
-    -> train() (epoch -> batch -> accumulation step -> log) -> save() -> cleanup()
+    setup():  check environment -> scan data (before any model loads) -> accelerator -> models
+              -> adapters -> optimiser + LR schedule -> data loader -> trackers -> resume
+    train():  epoch -> batch -> accumulation step -> (log, sample, save) -> stop on signal / NaN
+    save():   the adapter in the community (or diffusers) format, checked by reading it back
 
-Everything else (config, data, models, adapters, formats) is a library module this file calls;
-no other module contains a training loop. The same code runs on a full SD checkpoint on a GPU
+Everything else (config, data, models, adapters, formats, inference) is a library module this file
+calls; no other module contains a training loop. The same code runs on a full SD checkpoint on a GPU
 and on the tiny built-in model on a CPU, and unchanged under `accelerate launch`.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,14 +25,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sd_lora.adapters import adapter_spec, build_peft_config, inject, trainable_parameters
+from sd_lora.adapters import adapter_spec, build_peft_config, inject
 from sd_lora.config.load import dump_config
 from sd_lora.config.schema import Config
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_text
 from sd_lora.models.encode import encode_latents, encode_prompts, sdxl_time_ids
 from sd_lora.models.load import load_pipeline
-from sd_lora.train.loss import diffusion_target, weighted_mse
+from sd_lora.train import checkpoint, loss as L
+from sd_lora.train.optim import build_lr_scheduler, build_optimizer, param_groups
 
 __all__ = ["TrainResult", "LoRARecipe", "run_training"]
 
@@ -41,6 +46,7 @@ class TrainResult:
     config_path: Path
     losses: list[float] = field(default_factory=list)
     steps: int = 0
+    stopped_early: bool = False
     coverage: object = None
 
 
@@ -49,22 +55,37 @@ class LoRARecipe:
         self.cfg = cfg
         self.losses: list[float] = []
         self.step_times: list[float] = []  # perf_counter() at the end of each optimiser step
-        self.global_step = 0
+        self.stop_signal: str | None = None
+        self.out_dir = Path(cfg.output.dir)
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         self._check_environment()
-        self._setup_data_scan()  # before any model loads: an empty dataset fails in milliseconds
+        self._setup_data_scan()  # an empty dataset fails in milliseconds, before any model loads
         self._setup_accelerator()
         self._setup_models()
         self._setup_adapters()
-        self._setup_optimizer()
         self._setup_dataloader()
+        self._setup_optimizer()
+        self._setup_trackers()
+        if self.cfg.train.resume:
+            self._resume(self.cfg.train.resume)
 
     def _check_environment(self) -> None:
         if self.cfg.train.attention == "xformers" and importlib.util.find_spec("xformers") is None:
             raise SdLoraError("train.attention = 'xformers' but xformers is not installed; "
                               "install it with `pip install 'sd-lora[xformers]'` or use attention = 'sdpa'")
+        if self.cfg.model.quantize:
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise SdLoraError(f"model.quantize = {self.cfg.model.quantize!r} needs bitsandbytes: "
+                                  "pip install 'sd-lora[bnb]'")
+            if not torch.cuda.is_available():
+                raise SdLoraError(f"model.quantize = {self.cfg.model.quantize!r} runs on CUDA only (bitsandbytes); "
+                                  "remove it to train the unquantised model on this machine")
 
     def _setup_data_scan(self) -> None:
         from sd_lora.data import scan_dataset
@@ -73,32 +94,41 @@ class LoRARecipe:
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import ProjectConfiguration, set_seed
 
-        t = self.cfg.train
-        self.accelerator = Accelerator(mixed_precision=t.mixed_precision,
-                                       gradient_accumulation_steps=t.gradient_accumulation_steps)
+        t, o = self.cfg.train, self.cfg.output
+        log_with = o.log_with
+        if log_with == "auto":
+            log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+        self.accelerator = Accelerator(
+            mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps,
+            log_with=None if log_with == "none" else log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.out_dir), logging_dir=str(self.out_dir / "logs")))
         set_seed(t.seed)
-        # Noise and timesteps come from our own CPU generator so runs are reproducible on any device.
-        self.generator = torch.Generator().manual_seed(t.seed + self.accelerator.process_index)
+        # Noise and timesteps come from our own CPU generator: reproducible on any device, and resumable.
+        self.state = checkpoint.TrainingState(torch.Generator().manual_seed(t.seed + self.accelerator.process_index))
+        self.generator = self.state.generator
+        self.accelerator.register_for_checkpointing(self.state)
 
     def _setup_models(self) -> None:
         from diffusers import DDPMScheduler
 
         m, t = self.cfg.model, self.cfg.train
-        pipe, self.model_info = load_pipeline(m.pretrained, family=m.family, prediction_type=m.prediction_type)
-        self.family = self.model_info.family
-        self.prediction_type = self.model_info.prediction_type
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type=self.prediction_type)
+        pipe, self.model_info = load_pipeline(m.pretrained, family=m.family, prediction_type=m.prediction_type,
+                                              allow_pickle=m.allow_pickle, quantize=m.quantize)
+        self.family, self.prediction_type = self.model_info.family, self.model_info.prediction_type
+        self.noise_scheduler = DDPMScheduler.from_config(
+            pipe.scheduler.config, prediction_type=self.prediction_type,
+            rescale_betas_zero_snr=t.zero_terminal_snr, timestep_spacing="trailing" if t.zero_terminal_snr else "leading")
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if self.family == "sdxl" else [])
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.family == "sdxl" else [])
-        self.base_pipeline = pipe
-        weight_dtype = _DTYPES[t.mixed_precision]
-        device = self.accelerator.device
+        self.pipeline = pipe  # shares these modules; used for sample images
+        weight_dtype, device = _DTYPES[t.mixed_precision], self.accelerator.device
         for model in (self.unet, self.vae, *self.text_encoders):
             model.requires_grad_(False)
-            model.to(device, dtype=weight_dtype)
+            if not getattr(model, "is_quantized", False):
+                model.to(device, dtype=weight_dtype)
         self.vae.to(dtype=torch.float32)  # the SD VAE overflows in fp16; it runs once per image
         if t.attention == "xformers":
             self.unet.enable_xformers_memory_efficient_attention()
@@ -111,98 +141,124 @@ class LoRARecipe:
     def _setup_adapters(self) -> None:
         n = self.cfg.network
         torch.manual_seed(self.cfg.train.seed)  # adapter init is seeded
-        components = [("unet", self.unet)]
-        if n.train_text_encoder:
-            components += list(zip(self._te_names(), self.text_encoders))
-        self.modules_adapted, self.trained = {}, []
-        for name, model in components:
+        self.component_names = ["unet"] + (self._te_names() if n.train_text_encoder else [])
+        models = [self.unet] + (self.text_encoders if n.train_text_encoder else [])
+        self.modules_adapted = {}
+        for name, model in zip(self.component_names, models):
             spec = adapter_spec(n, model, "unet" if name == "unet" else "text_encoder")
             self.modules_adapted[name] = inject(model, build_peft_config(n.type, spec))
-            self.trained.append(model)
+        self.trained = models
 
     def _te_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
 
-    def _setup_optimizer(self) -> None:
-        from diffusers.optimization import get_scheduler
-
-        t = self.cfg.train
-        params = [p for model in self.trained for p in trainable_parameters(model)]
-        self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-        self.lr_scheduler = get_scheduler("constant_with_warmup" if t.lr_warmup_steps else "constant",
-                                          self.optimizer, num_warmup_steps=t.lr_warmup_steps)
-        prepared = self.accelerator.prepare(*self.trained, self.optimizer, self.lr_scheduler)
-        self.trained, (self.optimizer, self.lr_scheduler) = list(prepared[:-2]), prepared[-2:]
-
     def _setup_dataloader(self) -> None:
         from sd_lora.data import build_dataloader, build_dataset
 
-        t = self.cfg.train
+        t, acc = self.cfg.train, self.accelerator
         dataset = build_dataset(self.cfg.data, self.scan, split="train", seed=t.seed)
         self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, seed=t.seed,
                                            num_workers=self.cfg.data.num_workers,
-                                           num_processes=self.accelerator.num_processes,
-                                           process_index=self.accelerator.process_index)
+                                           num_processes=acc.num_processes, process_index=acc.process_index)
+        self.steps_per_epoch = max(1, math.ceil(len(self.dataloader) / t.gradient_accumulation_steps))
+        self.max_steps = t.max_epochs * self.steps_per_epoch if t.max_epochs else t.max_steps
+
+    def _setup_optimizer(self) -> None:
+        t = self.cfg.train
+        groups = param_groups(dict(zip(self.component_names, self.trained)), t)
+        self.optimizer = build_optimizer(groups, t, self.accelerator.device)
+        # Stepped by us once per optimiser step (accelerate would step it once per process).
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.max_steps)
+        prepared = self.accelerator.prepare(*self.trained, self.optimizer)
+        self.trained, self.optimizer = list(prepared[:-1]), prepared[-1]
+        checkpoint.install_adapter_only_hooks(self.accelerator, self.component_names)
+
+    def _setup_trackers(self) -> None:
+        if self.accelerator.log_with:
+            from sd_lora.config.load import dump_dict
+
+            flat = {f"{s}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
+                    for s, values in dump_dict(self.cfg).items() for k, v in values.items()}
+            self.accelerator.init_trackers("sd-lora", config=flat)
+
+    def _resume(self, resume: str) -> None:
+        path = checkpoint.find_checkpoint(self.out_dir, resume)
+        self.accelerator.load_state(str(path))
+        for _ in range(self.state.global_step):  # the schedule is a pure function of the step count
+            self.lr_scheduler.step()
+        self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
-        t = self.cfg.train
-        acc = self.accelerator
+        from accelerate import skip_first_batches
+
+        acc, st = self.accelerator, self.state
         self.started_at = datetime.now(timezone.utc)
-        bar = tqdm(total=t.max_steps, desc="training", unit="step", disable=not acc.is_local_main_process)
-        window_start, window_loss = time.perf_counter(), []
-        epoch = 0
-        while self.global_step < t.max_steps:
-            if hasattr(self.dataloader, "set_epoch"):
-                self.dataloader.set_epoch(epoch)
-            for batch in self.dataloader:
-                loss = self.train_step(batch)
-                window_loss.append(loss)
+        self._install_signal_handlers()
+        bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step",
+                   disable=not acc.is_local_main_process)
+        window_start, window = time.perf_counter(), []
+        while st.global_step < self.max_steps and not self.stop_signal:
+            self.dataloader.set_epoch(st.epoch)
+            batches = skip_first_batches(self.dataloader, st.batch_in_epoch) if st.batch_in_epoch else self.dataloader
+            for batch in batches:
+                window.append(self.train_step(batch))
+                st.batch_in_epoch += 1
                 if not acc.sync_gradients:
                     continue
-                step_loss = sum(window_loss[-t.gradient_accumulation_steps:]) / min(len(window_loss), t.gradient_accumulation_steps)
-                if not math.isfinite(step_loss):
-                    raise SdLoraError(f"training loss became {step_loss} at step {self.global_step + 1}; lower "
-                                      "train.learning_rate or use mixed_precision = 'bf16' instead of 'fp16'")
+                self.lr_scheduler.step()
+                step_loss = sum(window[-self.cfg.train.gradient_accumulation_steps:]) / \
+                    min(len(window), self.cfg.train.gradient_accumulation_steps)
                 self.losses.append(step_loss)
                 self.step_times.append(time.perf_counter())
-                self.global_step += 1
+                st.global_step += 1
                 bar.update(1)
-                if self.global_step % t.log_every_n_steps == 0 or self.global_step == t.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}",
-                                    s_per_step=f"{elapsed / max(1, len(window_loss) / t.gradient_accumulation_steps):.2f}")
-                    window_start, window_loss = time.perf_counter(), []
-                if self.global_step >= t.max_steps:
+                if st.global_step % self.cfg.train.log_every_n_steps == 0 or st.global_step == self.max_steps:
+                    self._log(step_loss, (time.perf_counter() - window_start) / max(1, len(window)), bar)
+                    window_start, window = time.perf_counter(), []
+                self._periodic(epoch_end=False)
+                if st.global_step >= self.max_steps or self.stop_signal:
                     break
-            epoch += 1
+            else:
+                st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                self._periodic(epoch_end=True)
         bar.close()
+        self._restore_signal_handlers()
         self.finished_at = datetime.now(timezone.utc)
-        self.epochs = epoch
+        if self.stop_signal:
+            self.save_checkpoint()
+            self.accelerator.print(f"stopped by {self.stop_signal} at step {st.global_step}; state and adapter saved. "
+                                   f"Resume with:\n  {self._resume_command()}")
+        elif self.cfg.output.save_state_at_end:
+            self.save_checkpoint(adapter=False)  # the final adapter is written by save()
 
     def train_step(self, batch: dict) -> float:
         """One micro-batch: forward, backward and (at the end of an accumulation window) an optimiser step."""
         t, acc = self.cfg.train, self.accelerator
         with acc.accumulate(*self.trained):
             loss = self.compute_loss(batch)
+            if not torch.isfinite(loss):
+                raise SdLoraError(
+                    f"training loss became {loss.item()} at step {self.state.global_step + 1} (batch: "
+                    f"{', '.join(map(str, batch.get('keys', [])))[:200]}); nothing was saved from this step, the last "
+                    "saved adapter is intact. Lower train.learning_rate, or use mixed_precision = 'bf16' instead of 'fp16'")
             acc.backward(loss)
             if acc.sync_gradients and t.max_grad_norm > 0:
-                acc.clip_grad_norm_(self.optimizer.param_groups[0]["params"], t.max_grad_norm)
+                self.grad_norm = acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                                     t.max_grad_norm)
             self.optimizer.step()
-            self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach().item()
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        """One micro-batch: frozen parts under no_grad, noise + timesteps from our generator, UNet loss."""
-        device = self.accelerator.device
+        """Frozen parts under no_grad; noise and timesteps from our generator; the configured loss."""
+        t, device = self.cfg.train, self.accelerator.device
         with torch.no_grad():
             latents = batch["latents"].to(device) if "latents" in batch else \
                 encode_latents(self.vae, batch["pixel_values"].to(device), self.generator)
         latents = latents.to(self.unet.dtype)
-        noise = torch.randn(latents.shape, generator=self.generator).to(device, latents.dtype)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                  generator=self.generator).to(device)
+        noise = L.sample_noise(latents.shape, self.generator, t.noise_offset).to(device, latents.dtype)
+        timesteps = L.sample_timesteps(latents.shape[0], self.generator, t.min_timestep, t.max_timestep).to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with torch.set_grad_enabled(self.cfg.network.train_text_encoder), self.accelerator.autocast():
             embeds = encode_prompts(self.text_encoders, self.tokenizers, batch["captions"], self.family).to(device)
@@ -213,47 +269,148 @@ class LoRARecipe:
         with self.accelerator.autocast():
             pred = self.unet(noisy, timesteps, embeds.hidden_states.to(self.unet.dtype),
                              added_cond_kwargs=added).sample
-        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
-        return weighted_mse(pred, target, batch.get("loss_weight"))
+        target = L.diffusion_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
+        per_sample = L.per_sample_loss(pred, target, t.loss_type, t.huber_c)
+        if t.min_snr_gamma:
+            per_sample = per_sample * L.min_snr_weights(self.noise_scheduler.alphas_cumprod, timesteps,
+                                                        t.min_snr_gamma, self.prediction_type)
+        return L.weighted_mean(per_sample, batch.get("loss_weight"))
+
+    def _log(self, step_loss: float, sec_per_micro: float, bar) -> None:
+        lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        sec_per_step = sec_per_micro * self.cfg.train.gradient_accumulation_steps
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{next(iter(lrs.values())):.2e}", s_per_step=f"{sec_per_step:.2f}")
+        if self.accelerator.log_with:
+            values = {"loss": step_loss, "steps_per_second": 1 / max(sec_per_step, 1e-9), **lrs}
+            if getattr(self, "grad_norm", None) is not None:
+                values["grad_norm"] = float(self.grad_norm)
+            self.accelerator.log(values, step=self.state.global_step)
+
+    def _periodic(self, epoch_end: bool) -> None:
+        """Samples and intermediate saves, when their step/epoch counters say so."""
+        o, s, step = self.cfg.output, self.cfg.sample, self.state.global_step
+        if epoch_end:
+            due = o.save_every_n_epochs and self.state.epoch % o.save_every_n_epochs == 0
+        else:
+            due = o.save_every_n_steps and step % o.save_every_n_steps == 0
+        if due and step < self.max_steps:
+            self.save_checkpoint()
+        if not epoch_end and s.every_n_steps and step % s.every_n_steps == 0 and step < self.max_steps:
+            self.sample()
 
     # ------------------------------------------------------------------ save
-    def save(self) -> TrainResult:
+    def save_checkpoint(self, adapter: bool = True) -> None:
+        """Resumable state plus an intermediate adapter file, pruned to output.save_last_n."""
+        o, step = self.cfg.output, self.state.global_step
+        path = checkpoint.checkpoint_dir(self.out_dir, step)
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process and adapter:
+            self._export(self.out_dir / f"{o.name}-step{step:06d}.safetensors")
+            checkpoint.prune(self.out_dir, o.save_last_n, f"{o.name}-step*.safetensors")
+        self.accelerator.wait_for_everyone()
+
+    def sample(self) -> Path | None:
+        from sd_lora.train.samples import render_samples
+
+        if not self.accelerator.is_main_process:
+            return None
+        path = render_samples(self.pipeline, self.cfg, self.family, self.state.global_step, self.out_dir / "samples")
+        tracker = self._tensorboard()
+        if tracker is not None:
+            import numpy as np
+            from PIL import Image
+
+            tracker.log_images({"samples": np.asarray(Image.open(path))[None]}, step=self.state.global_step,
+                               dataformats="NHWC")
+        return path
+
+    def _tensorboard(self):
+        try:
+            return self.accelerator.get_tracker("tensorboard", unwrap=False) if self.accelerator.log_with else None
+        except (ValueError, KeyError):
+            return None
+
+    def _export(self, path: Path):
         from sd_lora.formats import community_metadata, save_adapter
 
         o = self.cfg.output
-        out_dir = Path(o.dir)
-        config_path = out_dir / f"{o.name}.config.toml"
-        adapter_path = out_dir / f"{o.name}.safetensors"
-        result = TrainResult(adapter_path, config_path, self.losses, self.global_step)
-        if not self.accelerator.is_main_process:
-            return result
-        components = {"unet": self.accelerator.unwrap_model(self.trained[0])}
-        if self.cfg.network.train_text_encoder:
-            for name, te in zip(self._te_names(), self.trained[1:]):
-                components[name] = self.accelerator.unwrap_model(te)
-        metadata = community_metadata(self._training_facts())
-        result.coverage = save_adapter(adapter_path, components, self.family, unet_config=dict(self.unet.config),
-                                       save_precision=_DTYPES[o.save_precision], format=o.format, metadata=metadata)
-        atomic_write_text(config_path, dump_config(self.cfg))
-        print(f"saved {adapter_path} ({result.coverage.summary()})")
+        components = {name: self.accelerator.unwrap_model(model) for name, model in zip(self.component_names, self.trained)}
+        return save_adapter(path, components, self.family, unet_config=dict(self.unet.config),
+                            save_precision=_DTYPES[o.save_precision], format=o.format,
+                            metadata=community_metadata(self._training_facts()))
+
+    def save(self) -> TrainResult:
+        o = self.cfg.output
+        result = TrainResult(self.out_dir / f"{o.name}.safetensors", self.out_dir / f"{o.name}.config.toml",
+                             self.losses, self.state.global_step, stopped_early=bool(self.stop_signal))
+        if self.accelerator.is_main_process and not self.stop_signal:
+            result.coverage = self._export(result.adapter_path)
+            atomic_write_text(result.config_path, dump_config(self.cfg))
+            if self.cfg.sample.every_n_steps:
+                self.sample()
+            print(f"saved {result.adapter_path} ({result.coverage.summary()})")
+        self.accelerator.wait_for_everyone()
         return result
 
     def _training_facts(self) -> dict:
-        c, t, n = self.cfg, self.cfg.train, self.cfg.network
+        """What this run knows, in the keys `sd_lora.formats.community_metadata` documents."""
+        c, t, n, sc = self.cfg, self.cfg.train, self.cfg.network, self.scan
+        adapter_type = "dora" if n.dora else ("locon" if n.preset == "full" and n.type == "lora" else n.type)
+        network_args = {"preset": n.preset}
+        if n.conv_rank or n.preset == "full":
+            network_args.update(conv_dim=n.conv_rank or n.rank, conv_alpha=n.conv_alpha or n.alpha)
+        if n.rslora:
+            network_args["rslora"] = True
+        tags: dict = {}
+        for sub in sc.subsets:
+            counts = tags.setdefault(sub.spec.dir.name, {})
+            for rec in sub.records:
+                for tag in filter(None, (x.strip() for x in rec.caption.split(","))):
+                    counts[tag] = counts.get(tag, 0) + 1
         return {
-            "family": self.family, "prediction_type": self.prediction_type, "output_name": c.output.name,
-            "title": c.output.name, "rank": n.rank, "alpha": n.alpha, "network_args": {},
-            "resolution": c.data.resolution, "max_steps": t.max_steps, "steps": self.global_step,
-            "epochs": getattr(self, "epochs", 0), "learning_rate": t.learning_rate,
-            "unet_lr": t.learning_rate, "text_encoder_lr": t.learning_rate if n.train_text_encoder else None,
-            "optimizer": "torch.optim.AdamW", "lr_scheduler": "constant_with_warmup" if t.lr_warmup_steps else "constant",
-            "seed": t.seed, "mixed_precision": t.mixed_precision, "batch_size": t.batch_size,
-            "gradient_accumulation_steps": t.gradient_accumulation_steps,
-            "num_images": getattr(self.scan, "num_images", None), "base_model": self.model_info.name,
-            "session_id": uuid.uuid4().hex[:10], "training_started_at": self.started_at,
-            "training_finished_at": self.finished_at, "dataset_dirs": [c.data.dir],
-            "tag_frequency": getattr(self.scan, "tag_frequency", None), "train_text_encoder": n.train_text_encoder,
+            "family": self.family, "prediction_type": self.prediction_type, "adapter_type": adapter_type,
+            "network_args": network_args, "title": c.output.name, "output_name": c.output.name,
+            "resolution": c.data.resolution, "steps": self.state.global_step, "max_train_steps": self.max_steps,
+            "epochs": self.state.epoch, "learning_rate": t.learning_rate, "unet_lr": t.unet_lr or t.learning_rate,
+            "text_encoder_lr": (t.text_encoder_lr or t.learning_rate) if n.train_text_encoder else None,
+            "lr_scheduler": t.lr_scheduler, "lr_warmup_steps": t.lr_warmup_steps, "optimizer": t.optimizer,
+            "seed": t.seed, "num_train_images": sc.train_images, "num_reg_images": sc.reg_images,
+            "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "gradient_checkpointing": t.gradient_checkpointing, "mixed_precision": t.mixed_precision,
+            "noise_offset": t.noise_offset or None, "min_snr_gamma": t.min_snr_gamma,
+            "caption_dropout_rate": c.data.caption_dropout_rate or None, "session_id": uuid.uuid4().int % 2**31,
+            "training_started_at": getattr(self, "started_at", None),
+            "training_finished_at": getattr(self, "finished_at", None),
+            "base_model_name": self.model_info.name,
+            "dataset_dirs": {s.spec.dir.name: {"n_repeats": s.spec.num_repeats, "img_count": len(s.records)}
+                             for s in sc.subsets},
+            "tag_frequency": tags,
+            "trigger_words": [c.data.trigger_word] if c.data.trigger_word else [],
+            "inference": {"scheduler": c.sample.scheduler, "steps": c.sample.steps,
+                          "guidance": c.sample.guidance_scale, "resolution": c.data.resolution,
+                          "sample_prompts": c.sample.prompts, "negative_prompt": c.sample.negative_prompt,
+                          "trigger_words": [c.data.trigger_word] if c.data.trigger_word else []},
         }
+
+    # ------------------------------------------------------------------ signals and cleanup
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, _frame):
+            self.stop_signal = signal.Signals(signum).name  # finish the current step, then save and exit
+
+        self._previous_handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous_handlers[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread (e.g. inside a notebook worker): keep the defaults
+                pass
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(sig, handler)
+
+    def _resume_command(self) -> str:
+        args = " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]) or "train --config CONFIG"
+        return f"sd-lora {args} --set train.resume=latest"
 
     def cleanup(self) -> None:
         self.accelerator.end_training()

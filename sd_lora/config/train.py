@@ -1,0 +1,100 @@
+"""The `[train]` (loop, optimiser, schedule, loss, resume) and `[sample]` config sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["TrainConfig", "SampleConfig", "OPTIMIZERS", "LR_SCHEDULERS"]
+
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+def _f(default, help: str, **extra):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(1000, "Optimiser steps to train for (ignored when max_epochs is set).")
+    max_epochs: int | None = _f(None, "Train for this many passes over the data instead of max_steps.")
+    batch_size: int = _f(1, "Images per step per process (before gradient accumulation).")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated into one optimiser step.")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = _f(
+        "adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt), adafactor (transformers).")
+    learning_rate: float = _f(1e-4, "Learning rate (for prodigy use 1.0: it adapts the step size itself).")
+    unet_lr: float | None = _f(None, "Learning rate of the UNet adapters (default: learning_rate).")
+    text_encoder_lr: float | None = _f(None, "Learning rate of the text-encoder adapters (default: learning_rate).")
+    loraplus_lr_ratio: float | None = _f(None, "LoRA+: B matrices learn this many times faster than A (e.g. 16).")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial"] = _f("constant", "Learning-rate schedule (diffusers' get_scheduler). "
+                                                         "constant with lr_warmup_steps > 0 warms up first.")
+    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to the learning rate.")
+    lr_scheduler_num_cycles: int = _f(1, "cosine_with_restarts: number of hard restarts.")
+    lr_scheduler_power: float = _f(1.0, "polynomial: power of the decay.")
+    weight_decay: float = _f(1e-2, "Weight decay.")
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 disables clipping).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _f(
+        "no", "Mixed precision: the frozen base runs in this dtype, adapter weights stay fp32.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    attention: Literal["sdpa", "xformers"] = _f("sdpa", "Attention kernel: PyTorch SDPA or xformers (needs the extra).")
+    seed: int = _f(42, "Seed for adapter init, data order, noise and timesteps.")
+    loss_type: Literal["l2", "huber", "smooth_l1"] = _f("l2", "Loss between prediction and target.")
+    huber_c: float = _f(0.1, "huber / smooth_l1: the threshold between the quadratic and linear parts.")
+    min_snr_gamma: float | None = _f(None, "Min-SNR weighting gamma (5 is common); off when unset.")
+    noise_offset: float = _f(0.0, "Add this much per-channel offset noise (helps very dark/bright images).")
+    zero_terminal_snr: bool = _f(False, "Rescale the noise schedule to zero SNR at the last timestep.")
+    min_timestep: int = _f(0, "Lowest training timestep (inclusive).")
+    max_timestep: int = _f(1000, "Highest training timestep (exclusive).")
+    resume: str | None = _f(None, "Resume from 'latest' (newest state in output.dir/checkpoints) or a state folder.")
+    log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.")
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every_n_steps",
+                     "lr_scheduler_num_cycles"):
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            problems.append(f"train.max_epochs: must be at least 1, got {self.max_epochs}")
+        for name in ("learning_rate", "unet_lr", "text_encoder_lr", "loraplus_lr_ratio", "huber_c", "min_snr_gamma"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"train.{name}: must be positive, got {value}")
+        for name in ("lr_warmup_steps", "weight_decay", "max_grad_norm", "noise_offset", "min_timestep"):
+            if getattr(self, name) < 0:
+                problems.append(f"train.{name}: must not be negative, got {getattr(self, name)}")
+        if not self.min_timestep < self.max_timestep <= 1000:
+            problems.append(f"train.max_timestep: must be > min_timestep ({self.min_timestep}) and <= 1000, "
+                            f"got {self.max_timestep}")
+        return problems
+
+
+@dataclass
+class SampleConfig:
+    every_n_steps: int = _f(0, "Render sample images every N steps and at the end (0: off).")
+    prompts: list[str] = _f([], "Prompts of the sample grid (A1111 syntax; <lora:...> tags are not used here).")
+    negative_prompt: str = _f("", "Negative prompt of every sample.")
+    seed: int = _f(0, "Seed of the first sample; each prompt uses seed + its index, the same at every save.")
+    steps: int = _f(20, "Denoising steps per sample.")
+    guidance_scale: float = _f(7.0, "Classifier-free guidance scale.")
+    scheduler: str = _f("Euler a", "Sampler name (as in sd-lora generate).")
+    width: int | None = _f(None, "Sample width (default: data.resolution).")
+    height: int | None = _f(None, "Sample height (default: data.resolution).")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.every_n_steps < 0:
+            problems.append(f"sample.every_n_steps: must not be negative, got {self.every_n_steps}")
+        if self.every_n_steps and not self.prompts:
+            problems.append("sample.prompts: give at least one prompt when sample.every_n_steps is set")
+        if self.steps < 1:
+            problems.append(f"sample.steps: must be at least 1, got {self.steps}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (value < 8 or value % 8):
+                problems.append(f"sample.{name}: must be a positive multiple of 8, got {value}")
+        return problems
