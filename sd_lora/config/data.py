@@ -25,7 +25,8 @@ SUBSET_INHERITED = ("caption_extension", "class_tokens", "keep_tokens", "keep_to
 class SubsetConfig:
     dir: str = _f("", "Folder of images (and same-stem caption files) of this subset.", path=True)
     num_repeats: int = _f(1, "How many times each image is seen per epoch.")
-    is_reg: bool = _f(False, "A regularisation (prior-preservation) set: its loss is weighted by data.prior_loss_weight.")
+    is_reg: bool = _f(False, "A regularisation (prior-preservation) set: its loss is weighted by "
+                             "data.prior_loss_weight.")
     metadata_file: str | None = _f(
         None, "HF imagefolder metadata (JSON lines with file_name + text); default: dir/metadata.jsonl if present.",
         path=True)

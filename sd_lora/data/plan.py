@@ -131,5 +131,6 @@ def _cache_lines(cfg: DataConfig, ds, train_text_encoder: bool) -> list[str]:
         lines.append(f"VAE latents {where}{flip}")
     if cfg.cache_text_encoder_outputs:
         reason = text_cache_blocker(ds, train_text_encoder)
-        lines.append("text-encoder outputs in memory" if reason is None else f"text-encoder outputs NOT cached: {reason}")
+        lines.append("text-encoder outputs in memory" if reason is None
+                     else f"text-encoder outputs NOT cached: {reason}")
     return lines
