@@ -48,11 +48,13 @@ def probe_image(path: Path) -> ImageInfo:
         fmt = im.format or "?"
         width, height = im.size
         orientation = _orientation(im)
-    _check_complete(path, fmt, size)
     too_big = width * height > MAX_DECODE_PIXELS
     if too_big and not (fmt == "JPEG" and width * height <= MAX_DECODE_PIXELS * _JPEG_MAX_DRAFT_SCALE ** 2):
         raise BadImage(f"too large to decode safely ({width}x{height} = {width * height / 1e6:.0f} MP, limit "
                        f"{MAX_DECODE_PIXELS / 1e6:.0f} MP); downscale it first")
+    suspect = _tail_problem(path, fmt, size)
+    if suspect:
+        _confirm_by_decoding(path, suspect)
     if orientation in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
     return ImageInfo(width, height, fmt)
@@ -131,20 +133,33 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _check_complete(path: Path, fmt: str, size: int) -> None:
-    """Spot truncated files from their last bytes, without decoding them."""
+def _tail_problem(path: Path, fmt: str, size: int) -> str | None:
+    """Why the file's last bytes suggest truncation, if they do; read without decoding anything."""
     with open(path, "rb") as f:
         head = f.read(16)
         f.seek(max(0, size - 1024))
         tail = f.read()
     if fmt == "PNG" and b"IEND" not in tail:
-        raise BadImage("truncated (the PNG end marker is missing)")
+        return "the PNG end marker is missing"
     if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in tail:
-        raise BadImage("truncated (the JPEG end marker is missing)")
+        return "the JPEG end marker is missing"
     if fmt == "WEBP" and len(head) >= 8 and struct.unpack("<I", head[4:8])[0] + 8 > size:
-        raise BadImage("truncated (shorter than its RIFF header says)")
+        return "shorter than its RIFF header says"
     if fmt == "BMP" and len(head) >= 6 and struct.unpack("<I", head[2:6])[0] > size:
-        raise BadImage("truncated (shorter than its header says)")
+        return "shorter than its header says"
+    return None
+
+
+def _confirm_by_decoding(path: Path, suspect: str) -> None:
+    """Decode a suspicious file (JPEGs at 1/8 scale): data appended after the image, as phones write for
+    motion photos, hides the end marker of a perfectly good file."""
+    with _open(path) as im:
+        if im.format == "JPEG":
+            im.draft(im.mode, (max(1, im.width // _JPEG_MAX_DRAFT_SCALE), max(1, im.height // _JPEG_MAX_DRAFT_SCALE)))
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError, struct.error) as e:
+            raise BadImage(f"truncated or corrupt ({suspect}: {e})") from e
 
 
 def covering_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:

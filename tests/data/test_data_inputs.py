@@ -217,3 +217,11 @@ def test_short_side_resize_scales_to_resolution(tmp_path, noise_image, data_cfg)
     assert sample["pixel_values"].shape == (3, 32, 32)
     assert -1.0 <= sample["pixel_values"].min() and sample["pixel_values"].max() <= 1.0
     assert sample["crop_top_left"] == (0, 16)  # 128x64 -> 64x32, centre window starts at x = (64 - 32) / 2
+
+
+def test_jpeg_with_data_appended_after_the_image_is_kept(tmp_path, noise_image):
+    d = tmp_path / "data"
+    path = noise_image(d / "motion.jpg", 32, 32)
+    path.write_bytes(path.read_bytes() + b"\x00ftypmp42" + bytes(4096))  # like a phone's motion-photo trailer
+    scan = scan_dataset(DataConfig(dir=str(d), resolution=32))
+    assert not scan.skipped and len(scan.subsets[0].records) == 1
