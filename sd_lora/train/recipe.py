@@ -17,7 +17,6 @@ import math
 import signal
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,9 +29,10 @@ from sd_lora.config.load import dump_config
 from sd_lora.config.schema import Config
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_text
-from sd_lora.models.encode import encode_latents, encode_prompts, sdxl_time_ids
+from sd_lora.models.encode import PromptEmbeds, encode_latents, encode_prompts, sdxl_time_ids
 from sd_lora.models.load import load_pipeline
 from sd_lora.train import checkpoint, loss as L
+from sd_lora.train.facts import training_facts
 from sd_lora.train.optim import build_lr_scheduler, build_optimizer, param_groups
 
 __all__ = ["TrainResult", "LoRARecipe", "run_training"]
@@ -56,6 +56,7 @@ class LoRARecipe:
         self.losses: list[float] = []
         self.step_times: list[float] = []  # perf_counter() at the end of each optimiser step
         self.stop_signal: str | None = None
+        self.validation_losses: list[tuple[int, float]] = []
         self.out_dir = Path(cfg.output.dir)
 
     @property
@@ -68,6 +69,7 @@ class LoRARecipe:
         self._setup_data_scan()  # an empty dataset fails in milliseconds, before any model loads
         self._setup_accelerator()
         self._setup_models()
+        self._setup_class_images()  # with the base model, before adapters exist
         self._setup_adapters()
         self._setup_dataloader()
         self._setup_optimizer()
@@ -91,6 +93,8 @@ class LoRARecipe:
         from sd_lora.data import scan_dataset
 
         self.scan = scan_dataset(self.cfg.data)
+        for warning in self.scan.warnings:
+            print(f"warning: {warning}")
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -152,16 +156,69 @@ class LoRARecipe:
     def _te_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
 
-    def _setup_dataloader(self) -> None:
-        from sd_lora.data import build_dataloader, build_dataset
+    def _setup_class_images(self) -> None:
+        from sd_lora.data import class_images_needed, prepare_class_images
 
-        t, acc = self.cfg.train, self.accelerator
-        dataset = build_dataset(self.cfg.data, self.scan, split="train", seed=t.seed)
-        self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, seed=t.seed,
-                                           num_workers=self.cfg.data.num_workers,
-                                           num_processes=acc.num_processes, process_index=acc.process_index)
+        if class_images_needed(self.scan) and self.accelerator.is_main_process:
+            from sd_lora.train.samples import class_image_generator
+
+            generate = class_image_generator(self.pipeline, self.cfg.data.resolution)
+            self.scan = prepare_class_images(self.cfg.data, self.scan, generate, seed=self.cfg.train.seed)
+        self.accelerator.wait_for_everyone()
+        if class_images_needed(self.scan):  # other processes: re-read what the main process generated
+            from sd_lora.data import scan_dataset
+
+            self.scan = scan_dataset(self.cfg.data)
+
+    def _setup_dataloader(self) -> None:
+        from sd_lora.data import build_dataloader, build_dataset, format_plan, has_validation, make_plan
+
+        t, d, acc = self.cfg.train, self.cfg.data, self.accelerator
+        tok = self.tokenizers[0]
+        dataset = build_dataset(d, self.scan, split="train", seed=t.seed,
+                                count_tokens=lambda text: len(tok(text).input_ids) - 2,
+                                max_tokens=tok.model_max_length - 2)
+        self._setup_caches(dataset)
+        loader = dict(seed=t.seed, num_workers=d.num_workers, num_processes=acc.num_processes,
+                      process_index=acc.process_index)
+        self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, **loader)
+        self.val_dataloader = None
+        if has_validation(d):
+            self.val_dataloader = build_dataloader(build_dataset(d, self.scan, split="validation", seed=t.seed),
+                                                   batch_size=t.batch_size, **loader)
         self.steps_per_epoch = max(1, math.ceil(len(self.dataloader) / t.gradient_accumulation_steps))
         self.max_steps = t.max_epochs * self.steps_per_epoch if t.max_epochs else t.max_steps
+        if acc.is_main_process:
+            plan = make_plan(d, self.scan, batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+                             num_processes=acc.num_processes, max_steps=self.max_steps, seed=t.seed,
+                             train_text_encoder=self.cfg.network.train_text_encoder)
+            print(format_plan(plan))
+
+    def _setup_caches(self, dataset) -> None:
+        """Latents and text-encoder outputs computed once; with both cached, VAE and text encoders leave the GPU."""
+        from sd_lora.data import cache_latents, cache_text_outputs, text_cache_blocker
+
+        d, device = self.cfg.data, self.accelerator.device
+        latents_cached = texts_cached = False
+        if d.cache_latents:
+            encoder_id = f"{self.model_info.location}:{self.vae.dtype}"
+            stats = cache_latents(dataset, lambda px: encode_latents(self.vae, px.to(device)),
+                                  to_disk=d.cache_latents_to_disk, encoder_id=encoder_id)
+            print(f"latent cache: {stats}")
+            latents_cached = True
+        if d.cache_text_encoder_outputs:
+            blocker = text_cache_blocker(dataset, self.cfg.network.train_text_encoder)
+            if blocker:
+                print(f"text-encoder outputs are not cached: {blocker}")
+            else:
+                with torch.no_grad():
+                    n = cache_text_outputs(dataset, lambda caps: encode_prompts(
+                        self.text_encoders, self.tokenizers, caps, self.family))
+                print(f"text-encoder outputs cached for {n} distinct captions")
+                texts_cached = True
+        if latents_cached and texts_cached and device.type != "cpu":
+            for model in (self.vae, *self.text_encoders):
+                model.to("cpu")
 
     def _setup_optimizer(self) -> None:
         t = self.cfg.train
@@ -250,18 +307,24 @@ class LoRARecipe:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach().item()
 
-    def compute_loss(self, batch: dict) -> torch.Tensor:
-        """Frozen parts under no_grad; noise and timesteps from our generator; the configured loss."""
+    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None,
+                     timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """Frozen parts under no_grad; noise and timesteps from our generator unless given; the configured loss."""
         t, device = self.cfg.train, self.accelerator.device
         with torch.no_grad():
             latents = batch["latents"].to(device) if "latents" in batch else \
-                encode_latents(self.vae, batch["pixel_values"].to(device), self.generator)
+                encode_latents(self.vae, batch["pixel_values"].to(device))
         latents = latents.to(self.unet.dtype)
-        noise = L.sample_noise(latents.shape, self.generator, t.noise_offset).to(device, latents.dtype)
-        timesteps = L.sample_timesteps(latents.shape[0], self.generator, t.min_timestep, t.max_timestep).to(device)
+        if noise is None:
+            noise = L.sample_noise(latents.shape, self.generator, t.noise_offset)
+            timesteps = L.sample_timesteps(latents.shape[0], self.generator, t.min_timestep, t.max_timestep)
+        noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with torch.set_grad_enabled(self.cfg.network.train_text_encoder), self.accelerator.autocast():
-            embeds = encode_prompts(self.text_encoders, self.tokenizers, batch["captions"], self.family).to(device)
+        if "text_embeds" in batch:
+            embeds = PromptEmbeds(**batch["text_embeds"]).to(device)
+        else:
+            with torch.set_grad_enabled(self.cfg.network.train_text_encoder), self.accelerator.autocast():
+                embeds = encode_prompts(self.text_encoders, self.tokenizers, batch["captions"], self.family).to(device)
         added = None
         if self.family == "sdxl":
             time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
@@ -275,6 +338,30 @@ class LoRARecipe:
             per_sample = per_sample * L.min_snr_weights(self.noise_scheduler.alphas_cumprod, timesteps,
                                                         t.min_snr_gamma, self.prediction_type)
         return L.weighted_mean(per_sample, batch.get("loss_weight"))
+
+    def validation_loss(self) -> float | None:
+        """Mean loss over the validation set with each image's fixed noise and timestep (comparable across steps)."""
+        from sd_lora.data import validation_noise
+
+        if self.val_dataloader is None:
+            return None
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in self.val_dataloader:
+                shape = self._latent_shape(batch)
+                noise, timesteps = validation_noise(batch["noise_seed"], shape,
+                                                    self.noise_scheduler.config.num_train_timesteps)
+                n = len(batch["captions"])
+                total += self.compute_loss(batch, noise, timesteps).item() * n
+                count += n
+        return total / max(count, 1)
+
+    def _latent_shape(self, batch: dict) -> tuple[int, ...]:
+        if "latents" in batch:
+            return tuple(batch["latents"].shape[1:])
+        _, _, h, w = batch["pixel_values"].shape
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.latent_channels, h // factor, w // factor)
 
     def _log(self, step_loss: float, sec_per_micro: float, bar) -> None:
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
@@ -297,6 +384,17 @@ class LoRARecipe:
             self.save_checkpoint()
         if not epoch_end and s.every_n_steps and step % s.every_n_steps == 0 and step < self.max_steps:
             self.sample()
+        every = self.cfg.data.validation_every_n_steps
+        if not epoch_end and self.val_dataloader is not None and (
+                (every and step % every == 0) or step == self.max_steps):
+            self._log_validation()
+
+    def _log_validation(self) -> None:
+        val = self.validation_loss()
+        self.validation_losses.append((self.state.global_step, val))
+        self.accelerator.print(f"step {self.state.global_step}: validation loss {val:.5f}")
+        if self.accelerator.log_with:
+            self.accelerator.log({"validation_loss": val}, step=self.state.global_step)
 
     # ------------------------------------------------------------------ save
     def save_checkpoint(self, adapter: bool = True) -> None:
@@ -337,7 +435,7 @@ class LoRARecipe:
         components = {name: self.accelerator.unwrap_model(model) for name, model in zip(self.component_names, self.trained)}
         return save_adapter(path, components, self.family, unet_config=dict(self.unet.config),
                             save_precision=_DTYPES[o.save_precision], format=o.format,
-                            metadata=community_metadata(self._training_facts()))
+                            metadata=community_metadata(training_facts(self)))
 
     def save(self) -> TrainResult:
         o = self.cfg.output
@@ -351,46 +449,6 @@ class LoRARecipe:
             print(f"saved {result.adapter_path} ({result.coverage.summary()})")
         self.accelerator.wait_for_everyone()
         return result
-
-    def _training_facts(self) -> dict:
-        """What this run knows, in the keys `sd_lora.formats.community_metadata` documents."""
-        c, t, n, sc = self.cfg, self.cfg.train, self.cfg.network, self.scan
-        adapter_type = "dora" if n.dora else ("locon" if n.preset == "full" and n.type == "lora" else n.type)
-        network_args = {"preset": n.preset}
-        if n.conv_rank or n.preset == "full":
-            network_args.update(conv_dim=n.conv_rank or n.rank, conv_alpha=n.conv_alpha or n.alpha)
-        if n.rslora:
-            network_args["rslora"] = True
-        tags: dict = {}
-        for sub in sc.subsets:
-            counts = tags.setdefault(sub.spec.dir.name, {})
-            for rec in sub.records:
-                for tag in filter(None, (x.strip() for x in rec.caption.split(","))):
-                    counts[tag] = counts.get(tag, 0) + 1
-        return {
-            "family": self.family, "prediction_type": self.prediction_type, "adapter_type": adapter_type,
-            "network_args": network_args, "title": c.output.name, "output_name": c.output.name,
-            "resolution": c.data.resolution, "steps": self.state.global_step, "max_train_steps": self.max_steps,
-            "epochs": self.state.epoch, "learning_rate": t.learning_rate, "unet_lr": t.unet_lr or t.learning_rate,
-            "text_encoder_lr": (t.text_encoder_lr or t.learning_rate) if n.train_text_encoder else None,
-            "lr_scheduler": t.lr_scheduler, "lr_warmup_steps": t.lr_warmup_steps, "optimizer": t.optimizer,
-            "seed": t.seed, "num_train_images": sc.train_images, "num_reg_images": sc.reg_images,
-            "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
-            "gradient_checkpointing": t.gradient_checkpointing, "mixed_precision": t.mixed_precision,
-            "noise_offset": t.noise_offset or None, "min_snr_gamma": t.min_snr_gamma,
-            "caption_dropout_rate": c.data.caption_dropout_rate or None, "session_id": uuid.uuid4().int % 2**31,
-            "training_started_at": getattr(self, "started_at", None),
-            "training_finished_at": getattr(self, "finished_at", None),
-            "base_model_name": self.model_info.name,
-            "dataset_dirs": {s.spec.dir.name: {"n_repeats": s.spec.num_repeats, "img_count": len(s.records)}
-                             for s in sc.subsets},
-            "tag_frequency": tags,
-            "trigger_words": [c.data.trigger_word] if c.data.trigger_word else [],
-            "inference": {"scheduler": c.sample.scheduler, "steps": c.sample.steps,
-                          "guidance": c.sample.guidance_scale, "resolution": c.data.resolution,
-                          "sample_prompts": c.sample.prompts, "negative_prompt": c.sample.negative_prompt,
-                          "trigger_words": [c.data.trigger_word] if c.data.trigger_word else []},
-        }
 
     # ------------------------------------------------------------------ signals and cleanup
     def _install_signal_handlers(self) -> None:

@@ -31,3 +31,15 @@ def render_samples(pipeline, cfg, family: str, step: int, out_dir: Path) -> Path
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")
     return path
+
+
+def class_image_generator(pipeline, resolution: int):
+    """`generate(prompts, seeds) -> images` for prior preservation, with the base model (no adapters yet)."""
+
+    def generate(prompts: list[str], seeds: list[int]):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        with torch.no_grad():
+            return pipeline(prompts, generator=generators, height=resolution, width=resolution,
+                            num_inference_steps=30).images
+
+    return generate
