@@ -1,0 +1,205 @@
+"""Generate images from requests: validation first, then batches (uniform or mixed adapters per image).
+
+Each request names its own adapters (`loras`, and `<lora:NAME:W>` tags in the prompt). Prompts are encoded
+one at a time with their own adapters active, so text-encoder adapters apply per prompt; the UNet then runs
+the whole batch in one pass: with one set of adapters for all images (uniform batch) or, when images use
+different single adapters, with peft's per-sample adapter routing (mixed batch, see adapters.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sd_lora.errors import SdLoraError
+from sd_lora.inference.adapters import AdapterSet
+from sd_lora.inference.prompts import LoraRef, parse_prompt
+from sd_lora.inference.schedulers import scheduler_name
+
+__all__ = ["GenerationRequest", "UsedLora", "GeneratedImage", "generate_images", "iter_images", "sweep_requests"]
+
+
+@dataclass
+class GenerationRequest:
+    """One image. `clip_skip` counts like AUTOMATIC1111 (1 = last layer, 2 = penultimate); None = model default.
+
+    `loras` are (name, weight) or LoraRef; names resolve through the AdapterSet. Tags in `prompt` add to them.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.0
+    width: int | None = None
+    height: int | None = None
+    loras: Sequence[LoraRef | tuple[str, float]] = ()
+    clip_skip: int | None = None
+
+
+@dataclass(frozen=True)
+class UsedLora:
+    name: str  # as the user wrote it
+    path: Path
+    weight: float
+    hash: str  # AUTOMATIC1111 AutoV3 short hash
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    array: np.ndarray  # float32 HxWx3 in [0, 1], before rounding to 8 bits
+    request: GenerationRequest
+    prompt: str  # without <lora:...> tags
+    loras: list[UsedLora]
+    sampler: str
+    width: int
+    height: int
+    fused: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    prompt: str
+    loras: list[UsedLora]
+    width: int
+    height: int
+
+    @property
+    def combo(self) -> tuple[tuple[Path, float], ...]:
+        return tuple((u.path, u.weight) for u in self.loras)
+
+    @property
+    def shape(self) -> tuple:
+        r = self.request
+        return r.steps, r.guidance, self.width, self.height
+
+
+def _refs(request: GenerationRequest) -> tuple[str, list[LoraRef]]:
+    prompt, tags = parse_prompt(request.prompt)
+    given = [r if isinstance(r, LoraRef) else LoraRef(str(r[0]), float(r[1])) for r in request.loras]
+    return prompt, given + tags
+
+
+def _used(refs: list[LoraRef], adapters: AdapterSet) -> list[UsedLora]:
+    merged: dict[Path, UsedLora] = {}
+    for ref, file in zip(refs, adapters.load([r.name for r in refs])):
+        old = merged.get(file)  # the same file twice adds up, as it would in AUTOMATIC1111
+        merged[file] = UsedLora(ref.name, file, ref.weight + (old.weight if old else 0.0), adapters.hash(file))
+    return list(merged.values())
+
+
+def _plan(pipe, requests: Sequence[GenerationRequest], adapters: AdapterSet | None) -> list[_Job]:
+    """Every check that can fail, for every request, before the first image is generated."""
+    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    jobs = []
+    for i, req in enumerate(requests):
+        prompt, refs = _refs(req)
+        width, height = req.width or default, req.height or default
+        if width % 8 or height % 8 or width <= 0 or height <= 0:
+            raise SdLoraError(f"request {i + 1}: size {width}x{height} is not a multiple of 8; "
+                              f"use e.g. {max(8, width // 8 * 8)}x{max(8, height // 8 * 8)}")
+        if req.steps < 1:
+            raise SdLoraError(f"request {i + 1}: steps must be at least 1, got {req.steps}")
+        if refs and adapters is None:
+            raise SdLoraError(f"request {i + 1} names LoRAs {[r.name for r in refs]} but no AdapterSet was given")
+        if refs and adapters.fused:
+            raise SdLoraError(f"request {i + 1} names LoRAs {[r.name for r in refs]} while adapters "
+                              f"{sorted(adapters.fused)} are fused; per-prompt LoRAs need unfused adapters")
+        jobs.append(_Job(req, prompt, _used(refs, adapters) if refs else [], width, height))
+    return jobs
+
+
+def _fits(batch: list[_Job], job: _Job, batch_size: int, adapters: AdapterSet | None) -> bool:
+    if len(batch) >= batch_size or job.shape != batch[0].shape:
+        return False
+    combos = {j.combo for j in batch} | {job.combo}
+    if len(combos) == 1:
+        return True
+    return all(len(c) <= 1 for c in combos) and all(adapters.supports_mixed(c[0][0]) for c in combos if c)
+
+
+def _batches(jobs: list[_Job], batch_size: int, adapters: AdapterSet | None) -> list[list[_Job]]:
+    batches: list[list[_Job]] = []
+    for job in jobs:
+        if batches and _fits(batches[-1], job, batch_size, adapters):
+            batches[-1].append(job)
+        else:
+            batches.append([job])
+    return batches
+
+
+def _encode(pipe, job: _Job, cfg: bool) -> dict[str, torch.Tensor | None]:
+    r = job.request
+    clip_skip = r.clip_skip - 1 if r.clip_skip and r.clip_skip > 1 else None
+    device = pipe._execution_device
+    if hasattr(pipe, "text_encoder_2"):
+        pe, ne, pp, npp = pipe.encode_prompt(job.prompt, device=device, num_images_per_prompt=1,
+                                             do_classifier_free_guidance=cfg, negative_prompt=r.negative_prompt,
+                                             clip_skip=clip_skip)
+        return {"prompt_embeds": pe, "negative_prompt_embeds": ne, "pooled_prompt_embeds": pp,
+                "negative_pooled_prompt_embeds": npp}
+    pe, ne = pipe.encode_prompt(job.prompt, device, 1, cfg, negative_prompt=r.negative_prompt, clip_skip=clip_skip)
+    return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
+
+
+def _unet_context(jobs: list[_Job], adapters: AdapterSet | None):
+    if adapters is None or adapters.fused:
+        return contextlib.nullcontext()
+    combos = {j.combo for j in jobs}
+    if len(combos) == 1:
+        adapters.activate(list(jobs[0].combo))
+        return contextlib.nullcontext()
+    return adapters.mixed_forward([j.combo[0] if j.combo else None for j in jobs])
+
+
+def _run_batch(pipe, jobs: list[_Job], adapters: AdapterSet | None) -> np.ndarray:
+    steps, guidance, width, height = jobs[0].shape
+    cfg = guidance > 1 and pipe.unet.config.get("time_cond_proj_dim") is None
+    encoded = []
+    for job in jobs:
+        if adapters is not None and not adapters.fused:
+            adapters.activate(list(job.combo))
+        encoded.append(_encode(pipe, job, cfg))
+    embeds = {k: None if encoded[0][k] is None else torch.cat([e[k] for e in encoded]) for k in encoded[0]}
+    generators = [torch.Generator().manual_seed(int(j.request.seed)) for j in jobs]
+    with torch.no_grad(), _unet_context(jobs, adapters):
+        out = pipe(**embeds, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+                   generator=generators, output_type="np")
+    return np.asarray(out.images, dtype=np.float32)
+
+
+def iter_images(pipeline, requests: Sequence[GenerationRequest], *, adapters: AdapterSet | None = None,
+                batch_size: int = 1, progress: bool = True) -> Iterator[GeneratedImage]:
+    """Yield images in request order, batch by batch. All requests are checked (sizes, LoRA files, families)
+    before the first batch runs. Without `adapters` the pipeline's adapters are left exactly as they are
+    (the training loop samples its adapter this way)."""
+    jobs = _plan(pipeline, requests, adapters)
+    batches = _batches(jobs, max(1, batch_size), adapters)
+    sampler = scheduler_name(pipeline)
+    fused = adapters.fused if adapters is not None else {}
+    for i, batch in enumerate(batches):
+        pipeline.set_progress_bar_config(disable=not progress, desc=f"batch {i + 1}/{len(batches)}", leave=False)
+        arrays = _run_batch(pipeline, batch, adapters)
+        for job, array in zip(batch, arrays):
+            image = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
+            yield GeneratedImage(image, array, job.request, job.prompt, job.loras, sampler, job.width, job.height,
+                                 fused)
+
+
+def generate_images(pipeline, requests: Sequence[GenerationRequest], *, adapters: AdapterSet | None = None,
+                    batch_size: int = 1, progress: bool = True) -> list[GeneratedImage]:
+    """All images for `requests`, in order (see `iter_images`)."""
+    return list(iter_images(pipeline, requests, adapters=adapters, batch_size=batch_size, progress=progress))
+
+
+def sweep_requests(request: GenerationRequest, names: Sequence[str], scales: Sequence[float]) -> list[GenerationRequest]:
+    """Adapters × scales, row by row, all with the request's seed; the request's own LoRAs are replaced."""
+    return [replace(request, loras=[LoraRef(name, float(s))]) for name in names for s in scales]

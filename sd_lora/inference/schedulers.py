@@ -1,0 +1,68 @@
+"""Schedulers by the names AUTOMATIC1111 users know ("Euler a", "DPM++ 2M Karras", ...)."""
+
+from __future__ import annotations
+
+import re
+
+from sd_lora.errors import SdLoraError
+
+__all__ = ["SCHEDULERS", "canonical_scheduler", "set_scheduler", "scheduler_name"]
+
+# display name -> (diffusers class name, extra config). Karras sigmas and the DPM variant are explicit in
+# every entry so switching away from a Karras scheduler does not carry them over through the config.
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "Euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {"use_karras_sigmas": False}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler",
+                 {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler",
+                        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler",
+                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler",
+                            {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "DDIM": ("DDIMScheduler", {}),
+    "DDPM": ("DDPMScheduler", {}),
+    "PNDM": ("PNDMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {"use_karras_sigmas": False}),
+}
+
+
+def _key(name: str) -> str:
+    name = name.lower().replace("dpmpp", "dpm++")
+    return re.sub(r"[\s_\-]+", " ", name).strip()
+
+
+_BY_KEY = {_key(n): n for n in SCHEDULERS} | {"euler ancestral": "Euler a", "euler_a": "Euler a", "unipc": "UniPC"}
+
+
+def canonical_scheduler(name: str) -> str:
+    """The display name for `name` (case, `_`/`-` and `dpmpp` spellings accepted) or a clear error."""
+    found = _BY_KEY.get(_key(name))
+    if found is None:
+        raise SdLoraError(f"scheduler {name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}")
+    return found
+
+
+def set_scheduler(pipeline, name: str) -> str:
+    """Replace the pipeline's scheduler with `name`, keeping the model's own settings (prediction type, betas).
+
+    Returns the display name (recorded in PNG parameters)."""
+    import diffusers
+
+    display = canonical_scheduler(name)
+    class_name, extra = SCHEDULERS[display]
+    config = dict(pipeline.scheduler.config)
+    pipeline.scheduler = getattr(diffusers, class_name).from_config(config, **extra)
+    return display
+
+
+def scheduler_name(pipeline) -> str:
+    """The display name of the pipeline's current scheduler (its class name when it is not one of ours)."""
+    scheduler = pipeline.scheduler
+    config = scheduler.config
+    for display, (class_name, extra) in SCHEDULERS.items():
+        if type(scheduler).__name__ == class_name and all(config.get(k) == v for k, v in extra.items()):
+            return display
+    return type(scheduler).__name__
