@@ -1,0 +1,212 @@
+"""Procedural coloured-shape images and captions, and the statistics that check them.
+
+The built-in tiny base model (`builtin:tiny`) was trained on this corpus, the demo style set
+(`datasets_example/`) is drawn with it, and the tests measure generated images with
+`dominant_shape_colour` and `style_statistic`. Everything is deterministic given a seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "PALETTE", "SHAPE_COLOURS", "SHAPES", "SIZES", "POSITIONS", "TRIGGER", "OUTLINE_RGB",
+    "ShapeSpec", "random_spec", "render", "caption", "corpus_words", "corpus_sample", "style_sample",
+    "autoencoder_sample", "dominant_shape_colour", "style_statistic",
+]
+
+# Far apart in RGB so a colour survives a small VAE and is easy to classify back. No black:
+# near-black ink is what the demo style adds, so the base model must never have seen it.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 230),
+    "yellow": (245, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (250, 140, 30),
+    "white": (245, 245, 245),
+    "gray": (140, 140, 140),
+}
+SHAPE_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white")
+SHAPES = ("circle", "square", "triangle", "star", "diamond")
+# Fraction of the image width the shape's bounding box spans.
+SIZES = {"small": 0.38, "large": 0.66}
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+TRIGGER = "sdlstyle"
+OUTLINE_RGB = (25, 20, 30)
+_SUPERSAMPLE = 4
+_DARK = 60  # max channel below this is "ink"
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """One picture: a shape over a plain (`background2=None`) or two-tone background."""
+
+    shape: str
+    colour: str
+    size: str
+    position: str
+    background: str
+    background2: str | None = None
+    split: str = "vertical"
+    outline: float = 0.0  # outline width as a fraction of the image width; 0 = none
+
+
+def random_spec(rng: random.Random) -> ShapeSpec:
+    """A random corpus picture; the shape colour always differs from the background."""
+    colour = rng.choice(SHAPE_COLOURS)
+    backgrounds = [c for c in PALETTE if c != colour]
+    bg = rng.choice(backgrounds)
+    bg2 = rng.choice([c for c in backgrounds if c != bg]) if rng.random() < 0.3 else None
+    return ShapeSpec(rng.choice(SHAPES), colour, rng.choice(tuple(SIZES)), rng.choice(POSITIONS), bg, bg2,
+                     rng.choice(("vertical", "horizontal")))
+
+
+def _centre(spec: ShapeSpec, size: float) -> tuple[float, float]:
+    half = SIZES[spec.size] * size / 2
+    margin = size * 0.04 + half
+    pick = {"left": margin, "right": size - margin, "top": margin, "bottom": size - margin}
+    words = spec.position.split()
+    cx = next((pick[w] for w in words if w in ("left", "right")), size / 2)
+    cy = next((pick[w] for w in words if w in ("top", "bottom")), size / 2)
+    return cx, cy
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        k = r * 0.86
+        return [(cx - k, cy - k), (cx + k, cy - k), (cx + k, cy + k), (cx - k, cy + k)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)]
+    pts = []  # star: five points, inner radius 0.45 r
+    for i in range(10):
+        rad = r if i % 2 == 0 else r * 0.45
+        a = -math.pi / 2 + i * math.pi / 5
+        pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+    return pts
+
+
+def _rgb(colour) -> tuple[int, int, int]:
+    return PALETTE[colour] if isinstance(colour, str) else tuple(colour)
+
+
+def render(spec: ShapeSpec, size: int = 32, outline_rgb=OUTLINE_RGB) -> Image.Image:
+    """Draw `spec` as a `size`-pixel RGB image (anti-aliased by supersampling)."""
+    big = size * _SUPERSAMPLE
+    img = Image.new("RGB", (big, big), _rgb(spec.background))
+    draw = ImageDraw.Draw(img)
+    if spec.background2 is not None:
+        box = (big // 2, 0, big, big) if spec.split == "vertical" else (0, big // 2, big, big)
+        draw.rectangle(box, fill=_rgb(spec.background2))
+    cx, cy = _centre(spec, big)
+    r = SIZES[spec.size] * big / 2
+    width = round(spec.outline * big)
+    ink = tuple(outline_rgb) if width else None
+    if spec.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_rgb(spec.colour), outline=ink, width=width)
+    else:
+        draw.polygon(_polygon(spec.shape, cx, cy, r), fill=_rgb(spec.colour), outline=ink, width=width)
+    return img.resize((size, size), Image.Resampling.BOX)
+
+
+def caption(spec: ShapeSpec, rng: random.Random | None = None, trigger: str | None = None) -> str:
+    """'a small red circle at the top left on a blue background'; with `rng`, parts are dropped
+    at random so short prompts ('a red circle') are in the corpus too."""
+    keep = (lambda p: rng.random() < p) if rng is not None else (lambda p: True)
+    words = ["a"] + ([spec.size] if keep(0.7) else []) + [spec.colour, spec.shape]
+    if keep(0.7):
+        words.append("in the center" if spec.position == "center" else f"at the {spec.position}")
+    if keep(0.7):
+        bg = spec.background if spec.background2 is None else f"{spec.background} and {spec.background2}"
+        words.append(f"on a {bg} background")
+    text = " ".join(words)
+    return f"{trigger}, {text}" if trigger else text
+
+
+def corpus_words() -> list[str]:
+    """Every word a caption can contain (plus the demo trigger), for the tokenizer vocabulary."""
+    words = {"a", "at", "the", "in", "on", "and", "background", TRIGGER, *PALETTE, *SHAPES, *SIZES}
+    words.update(w for p in POSITIONS for w in p.split())
+    return sorted(words)
+
+
+def _rng(seed: int, index: int, salt: str) -> random.Random:
+    return random.Random(f"{salt}:{seed}:{index}")
+
+
+def corpus_sample(seed: int, index: int, size: int = 32) -> tuple[Image.Image, str]:
+    """Item `index` of the base-model corpus drawn with `seed`: (image, caption)."""
+    rng = _rng(seed, index, "corpus")
+    spec = random_spec(rng)
+    return render(spec, size), caption(spec, rng)
+
+
+def style_sample(seed: int, index: int, size: int = 32, outline: float = 0.08) -> tuple[Image.Image, str]:
+    """Item `index` of the demo style set: the same pictures with a thick near-black outline,
+    captioned with the trigger word and every attribute."""
+    rng = _rng(seed, index, "style")
+    spec = random_spec(rng)
+    spec = ShapeSpec(spec.shape, spec.colour, "large" if rng.random() < 0.6 else "small", spec.position,
+                     spec.background, spec.background2, spec.split, outline)
+    return render(spec, size), caption(spec, trigger=TRIGGER)
+
+
+def autoencoder_sample(seed: int, index: int, size: int = 32) -> Image.Image:
+    """A picture for training the autoencoder only: random RGB colours and random outlines, so
+    the VAE can reconstruct any flat-colour drawing, not just the captioned palette."""
+    rng = _rng(seed, index, "vae")
+    spec = random_spec(rng)
+
+    def colour():
+        return tuple(rng.randrange(256) for _ in range(3))
+
+    spec = ShapeSpec(spec.shape, colour(), spec.size, spec.position, colour(),
+                     colour() if rng.random() < 0.3 else None, spec.split,
+                     rng.choice((0.0, 0.0, 0.04, 0.08, 0.12)))
+    return render(spec, size, outline_rgb=colour())
+
+
+def _as_array(image) -> np.ndarray:
+    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    return arr * 255.0 if arr.max() <= 1.0 else arr
+
+
+def dominant_shape_colour(image) -> str | None:
+    """Palette name of the shape in `image` (PIL image or HxWx3 array, 0-255 or 0-1).
+
+    Pixels are classified to the nearest palette colour (or ink, for near-black); classes that
+    cover much of the 1-pixel border are background; the commonest other class is the shape's.
+    """
+    arr = _as_array(image)
+    names = list(PALETTE) + ["ink"]
+    ref = np.array(list(PALETTE.values()) + [OUTLINE_RGB], dtype=np.float32)
+    labels = np.argmin(((arr[..., None, :] - ref) ** 2).sum(-1), axis=-1)
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    counts = np.bincount(border, minlength=len(names))
+    background = {i for i, c in enumerate(counts) if c >= 0.15 * border.size}
+    inner = labels[1:-1, 1:-1].ravel()
+    shape_pixels = [int(v) for v in inner if v not in background and names[v] not in ("ink", "gray")]
+    if not shape_pixels:
+        return None
+    return names[int(np.bincount(shape_pixels).argmax())]
+
+
+def style_statistic(images: Iterable) -> float:
+    """Ink density: mean fraction of near-black pixels (max channel < 60/255) per image.
+
+    The base corpus never contains near-black, the demo style outlines every shape with it,
+    so this moves from ~0 (base) towards the style set's value as a style LoRA takes hold.
+    """
+    fractions = [float((_as_array(im).max(axis=-1) < _DARK).mean()) for im in images]
+    if not fractions:
+        raise ValueError("style_statistic needs at least one image")
+    return float(np.mean(fractions))
+
