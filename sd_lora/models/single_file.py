@@ -1,0 +1,226 @@
+"""Load a single-file Stable Diffusion checkpoint (original LDM / SGM layout) fully offline.
+
+The family comes from the checkpoint's keys; the diffusers configs come from configs sd-lora
+stored in the file's metadata, else from the tensor shapes plus the real models' conventions
+(`architectures.py`); the tokenizer is CLIP's, shipped with sd-lora (`clip_vocab.py`). The
+weights are converted by diffusers' own single-file code, pointed at a config directory written
+here, so nothing touches the network. Pickle checkpoints need an explicit opt-in.
+
+What weights cannot tell: v-prediction (SD2 768-v needs `model.prediction_type = "v_prediction"`),
+attention head counts and GroupNorm groups (the real models' values are assumed unless the
+metadata says otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sd_lora.errors import SdLoraError
+from sd_lora.models import architectures
+from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE, write_clip_tokenizer, write_tokenizer_dir
+from sd_lora.models.single_file_configs import (
+    PREFIXES, TEXT_ENCODERS, derive_configs, detect_checkpoint_family, stored_record,
+)
+
+__all__ = ["PICKLE_SUFFIXES", "read_checkpoint", "load_single_file_pipeline"]
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SdLoraError(f"model.pretrained: {path} is not a readable .safetensors checkpoint ({e}); "
+                          "the file may be truncated (an interrupted download) or not a checkpoint at all") from e
+
+
+def _read_pickle(path: Path, allow_pickle: bool) -> dict:
+    if not allow_pickle:
+        raise SdLoraError(
+            f"model.pretrained: {path} is a pickle checkpoint; unpickling a file can run arbitrary code, so "
+            "sd-lora refuses it by default. Prefer a .safetensors copy of the model; if you trust this file, "
+            "set model.allow_pickle = true (it is then read with torch.load(weights_only=True)).")
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... depending on the damage
+        raise SdLoraError(f"model.pretrained: could not read pickle checkpoint {path} with torch.load(weights_only=True): "
+                          f"{e}. The file may be truncated, or hold objects other than tensors; convert it to "
+                          ".safetensors with a tool you trust.") from e
+    while isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]  # Lightning-style checkpoints nest the weights
+    if not isinstance(sd, dict):
+        raise SdLoraError(f"model.pretrained: {path} holds a {type(sd).__name__}, not a state dict of tensors")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # 8-byte little-endian header length, then the JSON header.
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 31)
+
+
+def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, safetensors metadata) of a single-file checkpoint; pickles only with `allow_pickle`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SdLoraError(f"model.pretrained: checkpoint {path} does not exist")
+    if _is_safetensors(path):
+        return _read_safetensors(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] == b"PK" or magic[:1] == b"\x80" or path.suffix.lower() in PICKLE_SUFFIXES:
+        return _read_pickle(path, allow_pickle), {}
+    raise SdLoraError(f"model.pretrained: {path} is neither a .safetensors file nor a torch checkpoint "
+                      f"(starts with {magic!r}); give a Stable Diffusion checkpoint or a diffusers directory")
+
+def _prediction_type(family: str, override: str | None, record: dict | None, sd: dict, metadata: dict,
+                     where: str) -> str:
+    if override:
+        return override
+    if record and record.get("prediction_type"):
+        return record["prediction_type"]
+    spec = metadata.get("modelspec.prediction_type", "").lower()  # Stability's model-spec metadata
+    if spec in ("v", "v_prediction", "v-prediction") or "v_pred" in sd:  # "v_pred": marker key some trainers add
+        return "v_prediction"
+    if spec != "epsilon" and family == "sd2":
+        print(f"note: {where} is an SD2 checkpoint; its prediction type cannot be read from the weights, so "
+              "epsilon (SD2 512-base) is assumed. For SD2 768-v models set model.prediction_type = \"v_prediction\".")
+    return "epsilon"
+
+
+def _write_config_dir(root: Path, family: str, configs: dict) -> None:
+    from transformers import CLIPTextConfig
+
+    for name, cls in (("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL")):
+        (root / name).mkdir(parents=True)
+        (root / name / "config.json").write_text(json.dumps({"_class_name": cls, **configs[name]}), encoding="utf-8")
+    for name, *_ in TEXT_ENCODERS[family]:
+        CLIPTextConfig(**configs[name]).save_pretrained(str(root / name))
+
+
+def _write_tokenizers(root: Path, family: str, configs: dict, record: dict | None, tokenizer_dir: str | None,
+                      where: str) -> list[str]:
+    import shutil
+
+    names = []
+    for tok_name, (te_name, _, _, pad) in zip(("tokenizer", "tokenizer_2"), TEXT_ENCODERS[family]):
+        target, stored, vocab = root / tok_name, (record or {}).get(tok_name), configs[te_name]["vocab_size"]
+        if tokenizer_dir:
+            src = Path(tokenizer_dir) / tok_name if (Path(tokenizer_dir) / tok_name).is_dir() else Path(tokenizer_dir)
+            if not (src / "vocab.json").is_file():
+                raise SdLoraError(f"model.tokenizer: {src} holds no vocab.json; give a CLIP tokenizer directory")
+            shutil.copytree(src, target)
+        elif stored:
+            write_tokenizer_dir(target, stored["vocab"], stored["merges"], stored["pad_token"], stored.get("max_length", 77))
+        elif vocab == CLIP_VOCAB_SIZE:
+            write_clip_tokenizer(target, pad)
+        else:
+            raise SdLoraError(f"model.pretrained: the {te_name} of {where} has {vocab} tokens, not CLIP's "
+                              f"{CLIP_VOCAB_SIZE}, and the file carries no tokenizer; set model.tokenizer to a "
+                              "directory with its vocab.json and merges.txt")
+        names.append(tok_name)
+    return names
+
+
+def _subset(sd: dict, prefix: str, layout: str = "", layers: int = 0) -> dict:
+    out = {k: v for k, v in sd.items() if k.startswith(prefix)}
+    if layout.startswith("openclip"):
+        # Blocks past the model's depth (SD2's unused last block) must not reach the converter.
+        rx = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+        out = {k: v for k, v in out.items() if not ((m := rx.match(k)) and int(m.group(1)) >= layers)}
+    return out
+
+
+def _check_complete(name: str, model, where: str) -> None:
+    # diffusers leaves weights the checkpoint lacks on the meta device instead of failing.
+    missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SdLoraError(f"model.pretrained: {where} lacks weights of the {name}: {shown}; "
+                          "the checkpoint is incomplete or its layout does not match its family")
+
+
+def _load_components(sd: dict, root: Path, family: str, configs: dict, torch_dtype, where: str) -> dict:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import SingleFileComponentError, create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    # float32 is what the empty models hold already; naming it only makes diffusers warn.
+    common = dict(config=str(root), local_files_only=True, torch_dtype=None if torch_dtype == torch.float32 else torch_dtype)
+    loaders = {
+        "unet": lambda: UNet2DConditionModel.from_single_file(_subset(sd, PREFIXES["unet"]), subfolder="unet", **common),
+        "vae": lambda: AutoencoderKL.from_single_file(_subset(sd, PREFIXES["vae"]), subfolder="vae", **common),
+    }
+    for name, prefix, layout, _ in TEXT_ENCODERS[family]:
+        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+        part = _subset(sd, prefix, layout, configs[name]["num_hidden_layers"])
+        loaders[name] = lambda cls=cls, part=part, name=name: create_diffusers_clip_model_from_ldm(
+            cls, part, subfolder=name, **common)
+    parts = {}
+    for name, load in loaders.items():
+        try:
+            parts[name] = load()
+        except (ValueError, KeyError, RuntimeError, SingleFileComponentError) as e:
+            raise SdLoraError(f"model.pretrained: could not load the {name} of {where}: {e}") from e
+        _check_complete(name, parts[name], where)
+    return parts
+
+
+def _scheduler(family: str, prediction_type: str, record: dict | None, sd: dict):
+    import diffusers
+
+    stored = (record or {}).get("scheduler") or {}
+    cls = getattr(diffusers, str(stored.get("class", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        cls, stored = diffusers.DDIMScheduler, {"config": architectures.scheduler_config(family)}
+    config = dict(stored["config"], prediction_type=prediction_type)
+    if "ztsnr" in sd:  # marker key of models trained with zero terminal SNR
+        config["rescale_betas_zero_snr"] = True
+    return cls.from_config(config)
+
+
+def load_single_file_pipeline(path: str, *, family: str | None = None, prediction_type: str | None = None,
+                              torch_dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
+                              tokenizer_dir: str | None = None):
+    """Load an original-layout checkpoint as a diffusers pipeline, offline. Returns (pipeline, family).
+
+    `family` / `prediction_type` override detection; `tokenizer_dir` replaces the shipped CLIP
+    tokenizer (needed only for text encoders with a non-CLIP vocabulary and no stored tokenizer).
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    where = str(path)
+    sd, metadata = read_checkpoint(path, allow_pickle)
+    record = stored_record(metadata, where)
+    family = family or (record or {}).get("family") or detect_checkpoint_family(sd, where)
+    if family not in TEXT_ENCODERS:
+        raise SdLoraError(f"model.family: unknown family {family!r}; expected sd1, sd2 or sdxl")
+    prediction = _prediction_type(family, prediction_type, record, sd, metadata, where)
+    if record is None:
+        detect_checkpoint_family(sd, where)  # clear errors for LoRA files, refiners, incomplete files
+    configs = record if record and record["family"] == family else derive_configs(sd, family, prediction, where)
+    with tempfile.TemporaryDirectory(prefix="sd_lora_single_file_") as tmp:
+        root = Path(tmp)
+        _write_config_dir(root, family, configs)
+        tokenizers = {n: CLIPTokenizer.from_pretrained(str(root / n))
+                      for n in _write_tokenizers(root, family, configs, record, tokenizer_dir, where)}
+        parts = _load_components(sd, root, family, configs, torch_dtype, where)
+    parts.update(tokenizers, scheduler=_scheduler(family, prediction, record, sd))
+    if family == "sdxl":
+        return StableDiffusionXLPipeline(**parts), family
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False), family
