@@ -1,0 +1,98 @@
+"""The procedural corpus, the demo style set and the statistics the learning tests rely on."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_lora.models import shapes
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_DIR = REPO / "datasets_example" / "outlined_shapes"
+
+
+def test_corpus_is_deterministic_and_varied():
+    a = [shapes.corpus_sample(3, i) for i in range(20)]
+    b = [shapes.corpus_sample(3, i) for i in range(20)]
+    assert all(np.array_equal(np.asarray(x[0]), np.asarray(y[0])) and x[1] == y[1] for x, y in zip(a, b))
+    other = shapes.corpus_sample(4, 0)
+    assert not (np.array_equal(np.asarray(a[0][0]), np.asarray(other[0])) and a[0][1] == other[1])
+    assert len({c for _, c in a}) > 15
+
+
+def test_caption_describes_the_spec():
+    spec = shapes.ShapeSpec("star", "red", "small", "top left", "blue")
+    assert shapes.caption(spec) == "a small red star at the top left on a blue background"
+    two_tone = shapes.ShapeSpec("circle", "green", "large", "center", "white", "gray")
+    assert shapes.caption(two_tone, trigger="sdlstyle") == \
+        "sdlstyle, a large green circle in the center on a white and gray background"
+
+
+def test_corpus_words_cover_every_caption():
+    words = set(shapes.corpus_words())
+    for i in range(200):
+        _, text = shapes.corpus_sample(0, i)
+        assert set(text.split()) <= words, text
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dominant_colour_recovers_the_drawn_colour(seed):
+    rng = random.Random(seed)
+    for _ in range(60):
+        spec = shapes.random_spec(rng)
+        assert shapes.dominant_shape_colour(shapes.render(spec)) == spec.colour, spec
+
+
+def test_dominant_colour_accepts_float_arrays_and_survives_an_outline():
+    spec = shapes.ShapeSpec("square", "blue", "large", "center", "yellow", outline=0.08)
+    arr = np.asarray(shapes.render(spec), dtype=np.float32) / 255.0
+    assert shapes.dominant_shape_colour(arr) == "blue"
+
+
+def test_dominant_colour_is_none_without_a_shape():
+    flat = Image.new("RGB", (32, 32), shapes.PALETTE["green"])
+    assert shapes.dominant_shape_colour(flat) is None
+
+
+def test_style_statistic_separates_style_from_corpus():
+    base = shapes.style_statistic(shapes.corpus_sample(0, i)[0] for i in range(64))
+    style = shapes.style_statistic(shapes.style_sample(0, i)[0] for i in range(64))
+    assert base == 0.0
+    assert style > 0.04
+    half = [shapes.corpus_sample(0, i)[0] for i in range(32)] + [shapes.style_sample(0, i)[0] for i in range(32)]
+    assert base < shapes.style_statistic(half) < style
+
+
+def test_style_statistic_needs_images():
+    with pytest.raises(ValueError):
+        shapes.style_statistic([])
+
+
+def test_demo_dataset_is_committed_small_and_captioned_with_the_trigger():
+    images = sorted(DEMO_DIR.glob("*.png"))
+    assert 16 <= len(images) <= 40
+    assert sum(p.stat().st_size for p in DEMO_DIR.iterdir()) < 1_000_000
+    for path in images:
+        caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        assert caption.startswith(shapes.TRIGGER + ", ")
+        with Image.open(path) as im:
+            assert im.size == (32, 32)
+            assert shapes.dominant_shape_colour(im) == caption.split()[3]
+
+
+def test_demo_dataset_script_reproduces_the_committed_files(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import make_demo_dataset
+    finally:
+        sys.path.pop(0)
+    paths = make_demo_dataset.write_style_set(tmp_path, count=len(list(DEMO_DIR.glob("*.png"))))
+    for path in paths:
+        committed = DEMO_DIR / path.name
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(committed)))
+        assert path.with_suffix(".txt").read_text() == committed.with_suffix(".txt").read_text()
