@@ -1,0 +1,127 @@
+"""Save a trained adapter as a community or diffusers safetensors file, and prove it reads back whole.
+
+The file is serialized once with placeholder hashes to find the tensor-data region (safetensors' layout
+does not depend on the metadata values, only on their length), hashed, serialized again with the real
+hashes, and written atomically. Before the rename, the written bytes are read back through sd-lora's
+importer and validated against the models: every trained module must be applied, or saving fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sd_lora.errors import SdLoraError
+from sd_lora.fileio import atomic_path
+from sd_lora.formats.community import AdapterWeights, adapter_type, to_community
+from sd_lora.formats.diffusers_format import to_diffusers
+from sd_lora.formats.imports import load_adapter_file, plan_modules
+from sd_lora.formats.metadata import LAYOUT_KEY, minimum_metadata, serialize_with_hashes, unet_layout
+from sd_lora.formats.peft_bridge import collect_adapter_weights
+
+__all__ = ["CoverageReport", "save_adapter", "weights_facts", "FORMATS"]
+
+FORMATS = ("community", "diffusers")
+_FACT_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha")
+
+
+@dataclass
+class CoverageReport:
+    """Modules trained vs modules the saved file applies, per component."""
+
+    path: Path
+    format: str
+    adapter_type: str
+    trained: dict[str, int]
+    applied: dict[str, int]
+
+    @property
+    def complete(self) -> bool:
+        return self.trained == self.applied
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{c} {self.applied.get(c, 0)}/{n}" for c, n in self.trained.items())
+        return f"saved {self.path.name} ({self.format}, {self.adapter_type}): {parts} modules applied"
+
+
+def _cast(weights: AdapterWeights, dtype: torch.dtype) -> AdapterWeights:
+    return {c: {p: {k: v.detach().to("cpu", dtype).contiguous() for k, v in params.items()}
+                for p, params in modules.items()} for c, modules in weights.items()}
+
+
+def _rank(params: dict[str, torch.Tensor]) -> int:
+    for key in ("lora_A", "hada_w1_b", "lokr_w2_b", "lokr_w1_b"):
+        if key in params:
+            return int(params[key].shape[0])
+    return 0
+
+
+def weights_facts(weights: AdapterWeights) -> dict:
+    """network_dim / network_alpha (most common), adapter type and LoCon conv dims, for the metadata."""
+    linear, conv = collections.Counter(), collections.Counter()
+    for modules in weights.values():
+        for params in modules.values():
+            first = next(iter(params.values()))
+            spatial = first.ndim == 4 and first.shape[-1] * first.shape[-2] > 1
+            (conv if spatial else linear)[(_rank(params), float(params["alpha"].item()))] += 1
+    (dim, alpha), _ = (linear or conv).most_common(1)[0]
+    kind = adapter_type(weights)
+    args = {}
+    if conv:
+        (conv_dim, conv_alpha), _ = conv.most_common(1)[0]
+        args = {"conv_dim": str(conv_dim), "conv_alpha": str(conv_alpha)}
+    return {"adapter_type": kind, "network_dim": dim, "network_alpha": alpha, "network_args": args}
+
+
+
+def _metadata(weights: AdapterWeights, family: str, given: dict[str, str] | None) -> dict[str, str]:
+    facts = weights_facts(weights)
+    derived = minimum_metadata({"family": family, **facts})
+    # values measured on the weights win over what the caller passed for them
+    return {**derived, **(given or {}), **{k: derived[k] for k in _FACT_KEYS}}
+
+
+def _coverage(tmp: Path, path: Path, components, family: str, unet_config, weights: AdapterWeights,
+              fmt: str) -> CoverageReport:
+    adapter = load_adapter_file(tmp)
+    try:
+        plan = plan_modules(adapter, components, family, unet_config)
+    except SdLoraError as e:
+        raise SdLoraError(f"{path}: the saved file does not read back completely, so it was not written: {e}") from e
+    trained = {c: len(m) for c, m in weights.items()}
+    report = CoverageReport(path, fmt, adapter.adapter_type, trained, {c: len(plan.get(c, {})) for c in trained})
+    if not report.complete:
+        raise SdLoraError(f"{path}: {report.summary()} - modules would be lost, so the file was not written.")
+    return report
+
+
+def save_adapter(path, components: dict[str, torch.nn.Module], family: str, *, unet_config: dict,
+                 adapter_name: str = "default", save_precision: torch.dtype = torch.float16,
+                 format: str = "community", metadata: dict[str, str] | None = None) -> CoverageReport:
+    """Write adapter `adapter_name` of `components` to `path`; returns the coverage report.
+
+    `components`: "unet", "text_encoder" (+ "text_encoder_2" for SDXL), each with peft adapters injected.
+    Tensors (alpha too) are cast to `save_precision`. `metadata` (string values, e.g. from
+    `community_metadata`) is merged over the minimum set; dim / alpha / module always come from the weights.
+    """
+    if format not in FORMATS:
+        raise SdLoraError(f"unknown adapter format {format!r}; expected one of {FORMATS}")
+    path = Path(path)
+    weights = _cast(collect_adapter_weights(components, adapter_name), save_precision)
+    meta = _metadata(weights, family, metadata)
+    if family == "sdxl":
+        meta[LAYOUT_KEY] = json.dumps(unet_layout(unet_config), sort_keys=True)
+    if format == "community":
+        tensors = to_community(weights, family, unet_config)
+    else:
+        tensors, diffusers_meta = to_diffusers(weights)
+        meta.update(diffusers_meta)
+    blob = serialize_with_hashes(tensors, meta)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+        report = _coverage(tmp, path, components, family, unet_config, weights, format)
+    return report

@@ -1,0 +1,132 @@
+"""Reading adapter files with every failure turned into one clear SdLoraError, and atomic writing.
+
+safetensors files are checked by hand before the library parses them (so a truncated file or a bad
+header says what is wrong); pickled checkpoints are refused unless the caller opts in, and even then
+are loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+from sd_lora.errors import SdLoraError
+from sd_lora.fileio import atomic_write_bytes
+
+__all__ = ["read_tensor_file", "serialize", "write_safetensors", "data_region", "PICKLE_SUFFIXES"]
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_ZIP_MAGIC = b"PK\x03\x04"
+_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+          "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+def _check_header(path: Path, blob_head: bytes, size: int) -> dict:
+    if size < 8:
+        raise SdLoraError(f"{path}: file is truncated ({size} bytes; a safetensors file starts with an "
+                          "8-byte header length). Re-download or re-export it.")
+    (n,) = struct.unpack("<Q", blob_head[:8])
+    if n > size - 8:
+        raise SdLoraError(f"{path}: header length {n} is larger than the file ({size} bytes): the file is "
+                          "truncated or not a safetensors file.")
+    try:
+        header = json.loads(blob_head[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SdLoraError(f"{path}: the safetensors header is not valid JSON ({e}); the file is damaged "
+                          "or not a safetensors file.") from None
+    if not isinstance(header, dict):
+        raise SdLoraError(f"{path}: the safetensors header is not a JSON object.")
+    data_size = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            start, end = info["data_offsets"]
+            numel = 1
+            for d in info["shape"]:
+                numel *= int(d)
+            expected = numel * _SIZES[info["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise SdLoraError(f"{path}: header entry for tensor {key!r} is malformed.") from None
+        if end > data_size or end - start != expected:
+            raise SdLoraError(f"{path}: tensor {key!r} needs bytes {start}..{end} of the data but the file holds "
+                              f"{data_size}: the file is truncated. Re-download or re-export it.")
+    return header
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    blob = path.read_bytes()
+    header = _check_header(path, blob, len(blob))
+    metadata = header.get("__metadata__") or {}
+    try:
+        tensors = load(blob)
+    except SafetensorError as e:
+        raise SdLoraError(f"{path}: safetensors could not read the file: {e}") from None
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _looks_pickled(path: Path) -> bool:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".safetensors":
+        return False
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and struct.unpack("<Q", head[:8])[0] <= size - 8 and head[8:9] == b"{":
+        return False  # a plausible safetensors header wins over a lookalike magic number
+    # torch.save writes a zip archive; its legacy format starts with pickle protocol 2
+    return head[:4] == _ZIP_MAGIC or head[:2] == b"\x80\x02"
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad or unsafe pickles
+        raise SdLoraError(f"{path}: could not load the pickled checkpoint with weights_only=True: {e}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SdLoraError(f"{path}: the checkpoint is not a flat dictionary of tensors.")
+    return {str(k): v for k, v in obj.items()}
+
+
+def read_tensor_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file, or of a pickled checkpoint when `allow_pickle`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SdLoraError(f"{path}: no such file.")
+    if _looks_pickled(path):
+        if not allow_pickle:
+            raise SdLoraError(
+                f"{path}: this is a pickled PyTorch checkpoint; loading one can run arbitrary code, so it is "
+                "refused. Convert it to .safetensors, or pass allow_pickle=True (--allow-pickle) if you trust it "
+                "(it is then loaded with torch.load(weights_only=True)).")
+        return _read_pickle(path), {}
+    return _read_safetensors(path)
+
+
+def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
+    from safetensors.torch import save
+
+    bad = sorted(k for k, v in (metadata or {}).items() if not isinstance(v, str))
+    if bad:
+        raise SdLoraError(f"safetensors metadata values must be strings; not strings: {bad}")
+    return save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def data_region(blob: bytes) -> bytes:
+    """The tensor bytes of a serialized safetensors file: everything after the length and the header."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    return blob[8 + n:]
+
+
+def write_safetensors(path: str | Path, blob: bytes) -> Path:
+    """Write already-serialized bytes atomically (temp file + rename)."""
+    return atomic_write_bytes(path, blob)

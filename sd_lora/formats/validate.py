@@ -1,0 +1,92 @@
+"""Check an adapter against the models it is meant for, before anything touches them.
+
+Every module must exist, be a Linear or Conv2d, and get tensors whose shapes rebuild exactly its
+weight's shape; no tensor may hold NaN or inf. All problems are collected and reported at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sd_lora.formats.community import AdapterWeights
+from sd_lora.formats.lycoris import delta_weight
+from sd_lora.formats.names import model_text_encoder_path
+
+__all__ = ["resolve_modules", "check_shapes", "find_non_finite"]
+
+
+def _base(module: torch.nn.Module) -> torch.nn.Module:
+    # a layer that already holds other adapters wraps the original module
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def _lora_shapes(module: torch.nn.Module, rank: int) -> tuple[tuple, tuple]:
+    weight = module.weight
+    if isinstance(module, torch.nn.Conv2d):
+        return (rank, weight.shape[1], *weight.shape[2:]), (weight.shape[0], rank, 1, 1)
+    return (rank, weight.shape[1]), (weight.shape[0], rank)
+
+
+def check_shapes(path: str, params: dict[str, torch.Tensor], module: torch.nn.Module) -> str | None:
+    """None if `params` fit `module`, else what does not fit."""
+    shape = tuple(module.weight.shape)
+    if "lora_A" in params or "lora_B" in params:
+        if "lora_A" not in params or "lora_B" not in params:
+            return f"{path}: needs both down (lora_A) and up (lora_B) weights"
+        down, up = params["lora_A"], params["lora_B"]
+        want_down, want_up = _lora_shapes(module, down.shape[0])
+        if tuple(down.shape) != want_down or tuple(up.shape) != want_up:
+            return (f"{path}: down {list(down.shape)} / up {list(up.shape)} do not fit the layer "
+                    f"{type(module).__name__} {list(shape)} (expected {list(want_down)} / {list(want_up)})")
+        dora = params.get("dora_scale")
+        if dora is not None and dora.numel() not in (shape[0], shape[1]):
+            return f"{path}: dora_scale {list(dora.shape)} fits neither axis of {list(shape)}"
+        return None
+    meta = {k: v.to("meta") for k, v in params.items() if k != "alpha"}
+    meta.update({"alpha": params["alpha"]} if "alpha" in params else {})
+    try:
+        delta = delta_weight(meta, shape)
+    except (RuntimeError, KeyError, IndexError, ValueError) as e:
+        return f"{path}: tensors {sorted(meta)} do not build a {list(shape)} weight ({str(e).splitlines()[0]})"
+    return None if tuple(delta.shape) == shape else f"{path}: builds {list(delta.shape)}, layer is {list(shape)}"
+
+
+def resolve_modules(
+    weights: AdapterWeights, components: dict[str, torch.nn.Module]
+) -> tuple[dict[str, dict[str, dict[str, torch.Tensor]]], list[str]]:
+    """Weights keyed by the models' own module paths, and every problem found."""
+    resolved: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+    problems: list[str] = []
+    for component, modules in weights.items():
+        model = components.get(component)
+        if model is None:
+            problems.append(f"{component}: the file adapts it but the pipeline has no {component}")
+            continue
+        named = dict(model.named_modules())
+        has_text_model = hasattr(model, "text_model")
+        for path, params in modules.items():
+            model_path = path if component == "unet" else model_text_encoder_path(path, has_text_model)
+            module = named.get(model_path)
+            if module is None:
+                problems.append(f"{component}.{path}: no such module")
+                continue
+            module = _base(module)
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                problems.append(f"{component}.{path}: is a {type(module).__name__}; only Linear and Conv2d adapt")
+                continue
+            problem = check_shapes(f"{component}.{path}", params, module)
+            if problem:
+                problems.append(problem)
+                continue
+            resolved.setdefault(component, {})[model_path] = params
+    return resolved, problems
+
+
+def find_non_finite(weights: AdapterWeights) -> list[str]:
+    """`component.module` of every module with a NaN or inf in any tensor."""
+    bad = []
+    for component, modules in weights.items():
+        for path, params in modules.items():
+            if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in params.values()):
+                bad.append(f"{component}.{path}")
+    return bad
