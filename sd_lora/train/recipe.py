@@ -254,31 +254,22 @@ class LoRARecipe:
         self._install_signal_handlers()
         bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step",
                    disable=not acc.is_local_main_process)
-        window_start, window = time.perf_counter(), []
+        self._window_start, window = time.perf_counter(), []
         while st.global_step < self.max_steps and not self.stop_signal:
             self.dataloader.set_epoch(st.epoch)
             batches = skip_first_batches(self.dataloader, st.batch_in_epoch) if st.batch_in_epoch else self.dataloader
             for batch in batches:
                 window.append(self.train_step(batch))
                 st.batch_in_epoch += 1
-                if not acc.sync_gradients:
-                    continue
-                self.lr_scheduler.step()
-                step_loss = sum(window[-self.cfg.train.gradient_accumulation_steps:]) / \
-                    min(len(window), self.cfg.train.gradient_accumulation_steps)
-                self.losses.append(step_loss)
-                self.step_times.append(time.perf_counter())
-                st.global_step += 1
-                bar.update(1)
-                if st.global_step % self.cfg.train.log_every_n_steps == 0 or st.global_step == self.max_steps:
-                    self._log(step_loss, (time.perf_counter() - window_start) / max(1, len(window)), bar)
-                    window_start, window = time.perf_counter(), []
-                self._periodic(epoch_end=False)
+                epoch_end = st.batch_in_epoch == len(self.dataloader)
+                if epoch_end:
+                    st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                if acc.sync_gradients:
+                    window = self._after_optimizer_step(window, bar)
+                if epoch_end:
+                    self._periodic(epoch_end=True)
                 if st.global_step >= self.max_steps or self.stop_signal:
                     break
-            else:
-                st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-                self._periodic(epoch_end=True)
         bar.close()
         self._restore_signal_handlers()
         self.finished_at = datetime.now(timezone.utc)
@@ -288,6 +279,21 @@ class LoRARecipe:
                                    f"Resume with:\n  {self._resume_command()}")
         elif self.cfg.output.save_state_at_end:
             self.save_checkpoint(adapter=False)  # the final adapter is written by save()
+
+    def _after_optimizer_step(self, window: list[float], bar) -> list[float]:
+        """Schedule, record, log, sample and save after an optimiser step; returns the loss window to keep."""
+        st, accum = self.state, self.cfg.train.gradient_accumulation_steps
+        self.lr_scheduler.step()
+        step_loss = sum(window[-accum:]) / min(len(window), accum)
+        self.losses.append(step_loss)
+        self.step_times.append(time.perf_counter())
+        st.global_step += 1
+        bar.update(1)
+        if st.global_step % self.cfg.train.log_every_n_steps == 0 or st.global_step == self.max_steps:
+            self._log(step_loss, (time.perf_counter() - self._window_start) / max(1, len(window)), bar)
+            self._window_start, window = time.perf_counter(), []
+        self._periodic(epoch_end=False)
+        return window
 
     def train_step(self, batch: dict) -> float:
         """One micro-batch: forward, backward and (at the end of an accumulation window) an optimiser step."""

@@ -54,3 +54,17 @@ def test_dry_run_prints_the_plan_without_loading_a_model(tiny_sd1_dir, tmp_path,
     assert rc == 0
     # 6 images x 1 repeat, batch 2 -> 3 batches per epoch; 9 steps -> 3 epochs
     assert "6 images x 1 repeats = 6 samples" in out and "9 steps = 3 epoch(s)" in out
+
+
+def test_sample_grids_rendered_during_and_after_training(tiny_sd1_dir, tiny_dataset, tmp_path):
+    from PIL import Image
+
+    from sd_lora.train.recipe import run_training
+
+    run_training(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "o",
+                             sample={"every_n_steps": 2, "prompts": ["a red square", "a blue square"], "steps": 2,
+                                     "scheduler": "DDIM"}))
+    grids = sorted(p.name for p in (tmp_path / "o" / "samples").glob("*.png"))
+    assert grids == ["step000002.png", "step000004.png"]
+    first, last = (Image.open(tmp_path / "o" / "samples" / g) for g in grids)
+    assert first.size == last.size and first.size[0] >= 2 * 32  # two 32 px samples side by side, labelled

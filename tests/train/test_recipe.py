@@ -89,3 +89,34 @@ def test_empty_dataset_fails_before_model_loads(tiny_sd1_dir, tmp_path, monkeypa
     (tmp_path / "empty").mkdir()
     with pytest.raises(SdLoraError):
         run_training(tiny_config(tiny_sd1_dir, tmp_path / "empty", tmp_path / "out"))
+
+
+def test_quantize_without_cuda_is_a_clear_error(tiny_sd1_dir, tiny_dataset, tmp_path):
+    recipe = LoRARecipe(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "out", model={"quantize": "nf4"}))
+    with pytest.raises(SdLoraError, match="model.quantize = 'nf4'"):
+        recipe.setup()
+
+
+def test_tensorboard_logs_loss_and_learning_rates(tiny_sd1_dir, tiny_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = LoRARecipe(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "out",
+                                    output={"log_with": "tensorboard"}, train={"max_steps": 3}))
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()
+    events = list((tmp_path / "out" / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"loss", "lr/unet", "steps_per_second"} <= set(tags)
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx(recipe.losses)
+
+
+def test_max_epochs_sets_the_step_count(tiny_sd1_dir, tiny_dataset, tmp_path):
+    # 4 images, batch 2 -> 2 steps per epoch
+    recipe = LoRARecipe(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "out", train={"max_epochs": 3}))
+    recipe.setup()
+    recipe.train()
+    assert recipe.global_step == 6 and recipe.state.epoch == 3
