@@ -8,6 +8,15 @@ import torch
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models are far faster on one thread than on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load_tiny(directory):
     from sd_lora.models.load import load_pipeline
 
