@@ -120,8 +120,9 @@ def _write_tokenizers(root: Path, family: str, configs: dict, record: dict | Non
         target, stored, vocab = root / tok_name, (record or {}).get(tok_name), configs[te_name]["vocab_size"]
         if tokenizer_dir:
             src = Path(tokenizer_dir) / tok_name if (Path(tokenizer_dir) / tok_name).is_dir() else Path(tokenizer_dir)
-            if not (src / "vocab.json").is_file():
-                raise SdLoraError(f"model.tokenizer: {src} holds no vocab.json; give a CLIP tokenizer directory")
+            if not ((src / "vocab.json").is_file() or (src / "tokenizer.json").is_file()):
+                raise SdLoraError(f"model.tokenizer: {src} holds no vocab.json or tokenizer.json; "
+                                  "give a CLIP tokenizer directory")
             shutil.copytree(src, target)
         elif stored:
             write_tokenizer_dir(target, stored["vocab"], stored["merges"], stored["pad_token"], stored.get("max_length", 77))
@@ -144,13 +145,29 @@ def _subset(sd: dict, prefix: str, layout: str = "", layers: int = 0) -> dict:
     return out
 
 
-def _check_complete(name: str, model, where: str) -> None:
-    # diffusers leaves weights the checkpoint lacks on the meta device instead of failing.
-    missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise SdLoraError(f"model.pretrained: {where} lacks weights of the {name}: {shown}; "
-                          "the checkpoint is incomplete or its layout does not match its family")
+def _missing_error(name: str, missing: list[str], where: str) -> SdLoraError:
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return SdLoraError(f"model.pretrained: {where} lacks weights of the {name}: {shown}; "
+                       "the checkpoint is incomplete or its layout does not match its family")
+
+
+def _unconverted(name: str, part: dict, root: Path) -> list[str]:
+    """Which UNet/VAE weights diffusers' conversion of `part` leaves out (to explain a failed load)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    cls, convert = {"unet": (UNet2DConditionModel, convert_ldm_unet_checkpoint),
+                    "vae": (AutoencoderKL, convert_ldm_vae_checkpoint)}.get(name, (None, None))
+    if cls is None:
+        return []
+    config = cls.load_config(str(root), subfolder=name)
+    with torch.device("meta"):
+        expected = cls.from_config(config).state_dict()
+    try:
+        converted = convert(part, dict(config))
+    except KeyError as e:
+        return [str(e)]
+    return sorted(set(expected) - set(converted))
 
 
 def _load_components(sd: dict, root: Path, family: str, configs: dict, torch_dtype, where: str) -> dict:
@@ -160,22 +177,25 @@ def _load_components(sd: dict, root: Path, family: str, configs: dict, torch_dty
 
     # float32 is what the empty models hold already; naming it only makes diffusers warn.
     common = dict(config=str(root), local_files_only=True, torch_dtype=None if torch_dtype == torch.float32 else torch_dtype)
-    loaders = {
-        "unet": lambda: UNet2DConditionModel.from_single_file(_subset(sd, PREFIXES["unet"]), subfolder="unet", **common),
-        "vae": lambda: AutoencoderKL.from_single_file(_subset(sd, PREFIXES["vae"]), subfolder="vae", **common),
-    }
+    jobs = {"unet": (UNet2DConditionModel.from_single_file, _subset(sd, PREFIXES["unet"])),
+            "vae": (AutoencoderKL.from_single_file, _subset(sd, PREFIXES["vae"]))}
     for name, prefix, layout, _ in TEXT_ENCODERS[family]:
         cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-        part = _subset(sd, prefix, layout, configs[name]["num_hidden_layers"])
-        loaders[name] = lambda cls=cls, part=part, name=name: create_diffusers_clip_model_from_ldm(
-            cls, part, subfolder=name, **common)
+        jobs[name] = (lambda part, cls=cls, **kw: create_diffusers_clip_model_from_ldm(cls, part, **kw),
+                      _subset(sd, prefix, layout, configs[name]["num_hidden_layers"]))
     parts = {}
-    for name, load in loaders.items():
+    for name, (load, part) in jobs.items():
         try:
-            parts[name] = load()
-        except (ValueError, KeyError, RuntimeError, SingleFileComponentError) as e:
+            parts[name] = load(part, subfolder=name, **common)
+        except (ValueError, KeyError, RuntimeError, NotImplementedError, SingleFileComponentError) as e:
+            missing = _unconverted(name, part, root)
+            if missing:
+                raise _missing_error(name, missing, where) from e
             raise SdLoraError(f"model.pretrained: could not load the {name} of {where}: {e}") from e
-        _check_complete(name, parts[name], where)
+        # diffusers leaves weights the checkpoint lacks on the meta device instead of failing.
+        missing = [n for n, p in [*parts[name].named_parameters(), *parts[name].named_buffers()] if p.is_meta]
+        if missing:
+            raise _missing_error(name, missing, where)
     return parts
 
 
@@ -197,22 +217,25 @@ def load_single_file_pipeline(path: str, *, family: str | None = None, predictio
                               tokenizer_dir: str | None = None):
     """Load an original-layout checkpoint as a diffusers pipeline, offline. Returns (pipeline, family).
 
-    `family` / `prediction_type` override detection; `tokenizer_dir` replaces the shipped CLIP
-    tokenizer (needed only for text encoders with a non-CLIP vocabulary and no stored tokenizer).
+    The family is read from the key layout; a `family` that contradicts it is an error.
+    `prediction_type` overrides the stored/marked/default one; `tokenizer_dir` replaces the
+    shipped CLIP tokenizer (needed only for a non-CLIP vocabulary without a stored tokenizer).
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
     where = str(path)
     sd, metadata = read_checkpoint(path, allow_pickle)
+    detected = detect_checkpoint_family(sd, where)
+    if family and family != detected:
+        raise SdLoraError(f"model.family = {family!r}, but {where} is laid out as an {detected} checkpoint "
+                          f"(text encoder under {TEXT_ENCODERS[detected][0][1]}*); remove model.family or set it to {detected!r}")
+    family = detected
     record = stored_record(metadata, where)
-    family = family or (record or {}).get("family") or detect_checkpoint_family(sd, where)
-    if family not in TEXT_ENCODERS:
-        raise SdLoraError(f"model.family: unknown family {family!r}; expected sd1, sd2 or sdxl")
+    if record and record["family"] != family:
+        record = None  # metadata copied from another model: the weights decide
     prediction = _prediction_type(family, prediction_type, record, sd, metadata, where)
-    if record is None:
-        detect_checkpoint_family(sd, where)  # clear errors for LoRA files, refiners, incomplete files
-    configs = record if record and record["family"] == family else derive_configs(sd, family, prediction, where)
+    configs = record or derive_configs(sd, family, prediction, where)
     with tempfile.TemporaryDirectory(prefix="sd_lora_single_file_") as tmp:
         root = Path(tmp)
         _write_config_dir(root, family, configs)
