@@ -11,6 +11,7 @@ Everything here reads only key names and shapes, so it works on meta tensors.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -80,6 +81,11 @@ def _shape(sd: dict, key: str, where: str) -> tuple[int, ...]:
     return tuple(sd[key].shape)
 
 
+def _norm_groups(channels: list[int]) -> int:
+    # GroupNorm's group count is not stored in its weights: the real models' 32 when every width allows it.
+    return 32 if all(c % 32 == 0 for c in channels) else math.gcd(32, *channels)
+
+
 def _unet_config(sd: dict, family: str, prediction_type: str, where: str) -> dict:
     u = _sub(sd, PREFIXES["unet"])
     p = PREFIXES["unet"]
@@ -106,6 +112,7 @@ def _unet_config(sd: dict, family: str, prediction_type: str, where: str) -> dic
         use_linear_projection=u[proj_in].ndim == 2,
         # Head counts leave no trace in the weights: SD1 uses 8 heads, SD2/SDXL 64-wide heads.
         attention_head_dim=8 if family == "sd1" else [max(c // 64, 1) for c in channels],
+        norm_num_groups=_norm_groups(channels),
     )
     if any(d > 1 for d in depth):
         cfg["transformer_layers_per_block"] = [max(d, 1) for d in depth]
@@ -132,6 +139,7 @@ def _vae_config(sd: dict, family: str, where: str) -> dict:
         down_block_types=["DownEncoderBlock2D"] * len(levels), up_block_types=["UpDecoderBlock2D"] * len(levels),
         layers_per_block=len(_indices(v, r"encoder\.down\.0\.block\.(\d+)\.")),
     )
+    cfg["norm_num_groups"] = _norm_groups(cfg["block_out_channels"])
     return cfg
 
 
