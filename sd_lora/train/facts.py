@@ -34,8 +34,8 @@ def training_facts(recipe) -> dict:
         "gradient_checkpointing": t.gradient_checkpointing, "mixed_precision": t.mixed_precision,
         "noise_offset": t.noise_offset or None, "min_snr_gamma": t.min_snr_gamma,
         "caption_dropout_rate": c.data.caption_dropout_rate or None, "session_id": uuid.uuid4().int % 2**31,
-        "training_started_at": getattr(self, "started_at", None),
-        "training_finished_at": getattr(self, "finished_at", None),
+        "training_started_at": getattr(recipe, "started_at", None),
+        "training_finished_at": getattr(recipe, "finished_at", None),
         "base_model_name": recipe.model_info.name,
         "dataset_dirs": {s.spec.dir.name: {"n_repeats": s.spec.num_repeats, "img_count": len(s.records)}
                          for s in sc.subsets},
