@@ -146,8 +146,22 @@ def _encode(pipe, job: _Job, cfg: bool) -> dict[str, torch.Tensor | None]:
                                              clip_skip=clip_skip)
         return {"prompt_embeds": pe, "negative_prompt_embeds": ne, "pooled_prompt_embeds": pp,
                 "negative_pooled_prompt_embeds": npp}
-    pe, ne = pipe.encode_prompt(job.prompt, device, 1, cfg, negative_prompt=r.negative_prompt, clip_skip=clip_skip)
+    if clip_skip:
+        pe = _skipped_embeds(pipe, job.prompt, clip_skip, device)
+        ne = _skipped_embeds(pipe, r.negative_prompt, clip_skip, device) if cfg else None
+        return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
+    pe, ne = pipe.encode_prompt(job.prompt, device, 1, cfg, negative_prompt=r.negative_prompt)
     return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
+
+
+def _skipped_embeds(pipe, text: str, skip: int, device) -> torch.Tensor:
+    """SD1/SD2 clip skip for prompt and negative alike (diffusers skips the prompt only, and reaches for
+    `text_model`, which transformers' CLIPTextModel no longer has)."""
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(device)
+    hidden = te(ids, output_hidden_states=True).hidden_states[-(skip + 1)]
+    return getattr(te, "text_model", te).final_layer_norm(hidden).to(te.dtype)
 
 
 def _unet_context(jobs: list[_Job], adapters: AdapterSet | None):
