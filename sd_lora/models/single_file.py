@@ -24,10 +24,10 @@ from sd_lora.errors import SdLoraError
 from sd_lora.models import architectures
 from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE, write_clip_tokenizer, write_tokenizer_dir
 from sd_lora.models.single_file_configs import (
-    PREFIXES, TEXT_ENCODERS, derive_configs, detect_checkpoint_family, stored_record,
+    METADATA_KEY, PREFIXES, TEXT_ENCODERS, derive_configs, describe_pipeline, detect_checkpoint_family, stored_record,
 )
 
-__all__ = ["PICKLE_SUFFIXES", "read_checkpoint", "load_single_file_pipeline"]
+__all__ = ["PICKLE_SUFFIXES", "read_checkpoint", "load_single_file_pipeline", "save_single_file"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -247,3 +247,26 @@ def load_single_file_pipeline(path: str, *, family: str | None = None, predictio
         return StableDiffusionXLPipeline(**parts), family
     return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False), family
+
+
+def save_single_file(pipe, path: str | Path, family: str, *, store_config: bool = True,
+                     with_tokenizers: bool | None = None) -> Path:
+    """Write `pipe` as one original-layout `.safetensors` checkpoint (atomically).
+
+    `store_config` puts the exact configs in the metadata, so the file loads back identically
+    even when its sizes break the real models' conventions; with it, tokenizers that are not
+    CLIP's (tiny models) are stored too, unless `with_tokenizers` says otherwise.
+    """
+    from safetensors.torch import save_file
+
+    from sd_lora.fileio import atomic_path
+    from sd_lora.models.original_layout import pipeline_to_original
+
+    # clone: the layout writer returns views (1x1-conv reshapes) that safetensors must not alias
+    state = {k: v.detach().clone().contiguous() for k, v in pipeline_to_original(pipe, family).items()}
+    metadata = {"format": "pt"}
+    if store_config:
+        metadata[METADATA_KEY] = json.dumps(describe_pipeline(pipe, family, with_tokenizers=with_tokenizers))
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return Path(path)

@@ -18,19 +18,12 @@ from pathlib import Path
 
 from sd_lora.errors import SdLoraError
 from sd_lora.models import architectures
+from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE
+from sd_lora.models.original_layout import METADATA_KEY, PREFIXES
 
 __all__ = ["METADATA_KEY", "PREFIXES", "TEXT_ENCODERS", "detect_checkpoint_family", "derive_configs",
            "describe_pipeline", "stored_record"]
 
-METADATA_KEY = "sd_lora.base_model"
-PREFIXES = {
-    "unet": "model.diffusion_model.",
-    "vae": "first_stage_model.",
-    "sd1": "cond_stage_model.transformer.",
-    "sd2": "cond_stage_model.model.",
-    "sdxl_1": "conditioner.embedders.0.transformer.",
-    "sdxl_2": "conditioner.embedders.1.model.",
-}
 _PAD_EOS, _PAD_ZERO = "<|endoftext|>", "!"
 TEXT_ENCODERS = {  # family -> [(component, checkpoint prefix, layout, tokenizer pad token)]
     "sd1": [("text_encoder", PREFIXES["sd1"], "clip", _PAD_EOS)],
@@ -214,10 +207,11 @@ def _tokenizer_record(tokenizer) -> dict:
             "max_length": int(tokenizer.model_max_length)}
 
 
-def describe_pipeline(pipe, family: str, prediction_type: str | None = None, with_tokenizers: bool = True) -> dict:
+def describe_pipeline(pipe, family: str, prediction_type: str | None = None,
+                      with_tokenizers: bool | None = None) -> dict:
     """The record sd-lora stores as JSON under `METADATA_KEY`: exact configs, scheduler, tokenizers.
 
-    Tokenizers are worth storing only when they are not CLIP's (the loader ships CLIP's own).
+    `with_tokenizers=None` stores only tokenizers that are not CLIP's (the loader ships CLIP's own).
     """
     record = {
         "format": 1, "family": family,
@@ -227,6 +221,8 @@ def describe_pipeline(pipe, family: str, prediction_type: str | None = None, wit
     }
     for name, *_ in TEXT_ENCODERS[family]:
         record[name] = json.loads(getattr(pipe, name).config.to_json_string(use_diff=False))
-    for name in ("tokenizer", "tokenizer_2")[:len(TEXT_ENCODERS[family])] if with_tokenizers else ():
-        record[name] = _tokenizer_record(getattr(pipe, name))
+    for name in ("tokenizer", "tokenizer_2")[:len(TEXT_ENCODERS[family])]:
+        tokenizer = getattr(pipe, name)
+        if with_tokenizers or (with_tokenizers is None and len(tokenizer) != CLIP_VOCAB_SIZE):
+            record[name] = _tokenizer_record(tokenizer)
     return record

@@ -13,7 +13,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.models import architectures
 from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE, clip_vocab_and_merges, write_clip_tokenizer
 from sd_lora.models.original_layout import pipeline_to_original
-from sd_lora.models.single_file import load_single_file_pipeline, read_checkpoint
+from sd_lora.models.single_file import load_single_file_pipeline, read_checkpoint, save_single_file
 from sd_lora.models.single_file_configs import METADATA_KEY, derive_configs, describe_pipeline
 from sd_lora.models.tiny import build_tiny_pipeline
 
@@ -48,7 +48,7 @@ def _image(pipe):
 
 
 class _Tiny(dict):
-    """family -> (tiny pipeline, its original-layout file with sd-lora's stored configs), built on first use."""
+    """family -> (tiny pipeline, its file from `save_single_file`: stored configs + tokenizer), built on first use."""
 
     def __init__(self, root):
         super().__init__()
@@ -56,7 +56,8 @@ class _Tiny(dict):
 
     def __missing__(self, family):
         pipe = build_tiny_pipeline(family, seed=1)
-        self[family] = (pipe, _save(pipe, family, self.root / f"{family}.safetensors"))
+        path = save_single_file(pipe, self.root / f"{family}.safetensors", family)
+        self[family] = (pipe, str(path))
         return self[family]
 
 
@@ -243,3 +244,25 @@ def test_family_override_that_does_not_fit_the_layout(tiny):
     _, path = tiny["sd1"]
     with pytest.raises(SdLoraError, match="sdxl"):
         load_single_file_pipeline(path, family="sdxl")
+
+
+def test_torch_dtype_is_applied_to_every_component(tiny):
+    pipe, path = tiny["sd1"]
+    loaded, _ = load_single_file_pipeline(path, torch_dtype=torch.bfloat16)
+    for name in ("unet", "vae", "text_encoder"):
+        want, got = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], v.to(torch.bfloat16))
+                   for k, v in want.items() if v.is_floating_point()), name
+
+
+def test_save_single_file_stores_configs_and_only_non_clip_tokenizers(tiny, tmp_path):
+    pipe, _ = tiny["sd2"]
+    path = save_single_file(pipe, tmp_path / "m.safetensors", "sd2")
+    _, metadata = read_checkpoint(path)
+    record = json.loads(metadata[METADATA_KEY])
+    assert record["family"] == "sd2" and record["prediction_type"] == "v_prediction"
+    assert record["unet"]["attention_head_dim"] == list(pipe.unet.config.attention_head_dim)
+    assert "tokenizer" in record  # the tiny vocabulary is not CLIP's, so the loader could not rebuild it
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # written atomically, no leftovers
+    _, metadata = read_checkpoint(save_single_file(pipe, tmp_path / "n.safetensors", "sd2", with_tokenizers=False))
+    assert "tokenizer" not in json.loads(metadata[METADATA_KEY])
