@@ -31,5 +31,6 @@ def run(args) -> int:
     from sd_lora.train.recipe import run_training
 
     result = run_training(cfg)
-    print(f"adapter: {result.adapter_path}\nconfig:  {result.config_path}")
+    if result.coverage is not None:  # the process that wrote the files (the main one)
+        print(f"adapter: {result.adapter_path}\nconfig:  {result.config_path}")
     return 0

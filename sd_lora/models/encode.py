@@ -26,13 +26,13 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 def encode_prompts(text_encoders: list, tokenizers: list, captions: list[str], family: str) -> PromptEmbeds:
     """SD1/SD2: last hidden state. SDXL: penultimate hidden states of both encoders, concatenated,
     plus the pooled projection of the second (as the SDXL pipeline conditions)."""
-    device = text_encoders[0].device
+    device = next(text_encoders[0].parameters()).device  # also works on a DDP-wrapped encoder
     if family != "sdxl":
         ids = tokenize(tokenizers[0], captions).to(device)
         return PromptEmbeds(text_encoders[0](ids)[0])
     hidden, pooled = [], None
     for te, tok in zip(text_encoders, tokenizers):
-        out = te(tokenize(tok, captions).to(te.device), output_hidden_states=True)
+        out = te(tokenize(tok, captions).to(device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         pooled = out[0]  # text_embeds of CLIPTextModelWithProjection (the last encoder)
     return PromptEmbeds(torch.cat(hidden, dim=-1), pooled)

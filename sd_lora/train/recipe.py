@@ -228,6 +228,11 @@ class LoRARecipe:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.max_steps)
         prepared = self.accelerator.prepare(*self.trained, self.optimizer)
         self.trained, self.optimizer = list(prepared[:-1]), prepared[-1]
+        # Forward passes go through the prepared wrappers (DDP syncs gradients in their hooks).
+        self.unet_forward = self.trained[0]
+        wrapped = dict(zip(self.component_names, self.trained))
+        self.text_encoders_forward = [wrapped.get(name, te) for name, te in
+                                      zip(["text_encoder", "text_encoder_2"], self.text_encoders)]
         checkpoint.install_adapter_only_hooks(self.accelerator, self.component_names)
 
     def _setup_trackers(self) -> None:
@@ -330,14 +335,15 @@ class LoRARecipe:
             embeds = PromptEmbeds(**batch["text_embeds"]).to(device)
         else:
             with torch.set_grad_enabled(self.cfg.network.train_text_encoder), self.accelerator.autocast():
-                embeds = encode_prompts(self.text_encoders, self.tokenizers, batch["captions"], self.family).to(device)
+                embeds = encode_prompts(self.text_encoders_forward, self.tokenizers, batch["captions"],
+                                        self.family).to(device)
         added = None
         if self.family == "sdxl":
             time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
             added = {"text_embeds": embeds.pooled, "time_ids": time_ids.to(device, embeds.pooled.dtype)}
         with self.accelerator.autocast():
-            pred = self.unet(noisy, timesteps, embeds.hidden_states.to(self.unet.dtype),
-                             added_cond_kwargs=added).sample
+            pred = self.unet_forward(noisy, timesteps, embeds.hidden_states.to(self.unet.dtype),
+                                     added_cond_kwargs=added).sample
         target = L.diffusion_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
         per_sample = L.per_sample_loss(pred, target, t.loss_type, t.huber_c)
         if t.min_snr_gamma:

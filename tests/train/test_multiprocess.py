@@ -28,6 +28,6 @@ def test_two_process_accelerate_launch(tiny_sd1_dir, tmp_path):
     assert done.returncode == 0, log[-4000:]
     assert "x 2 process(es) = 4 effective" in log, log[-3000:]
     assert "batches per epoch (per process): 2" in log  # 4 batches of 8 images, sharded over 2
-    assert log.count("saved ") == 1  # only the main process writes the adapter
+    assert log.count("modules applied") == 1 and log.count("adapter: ") == 1  # one writer
     with safe_open(str(out / "mp.safetensors"), "pt") as f:
         assert any(k.startswith("lora_unet_") for k in f.keys())
