@@ -5,15 +5,12 @@ A subset field left unset (None) inherits the value of the same key in `[data]`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from sd_lora.config.fields import option as _f
 
 __all__ = ["DataConfig", "SubsetConfig", "SUBSET_INHERITED"]
 
-
-def _f(default, help: str, **extra):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
 
 
 # Keys a subset may set for itself; unset ones fall back to `[data]`.

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sd_lora.config.data import DataConfig
-from sd_lora.config.train import SampleConfig, TrainConfig, _f
+from sd_lora.config.fields import option as _f
+from sd_lora.config.train import SampleConfig, TrainConfig
 
 __all__ = ["ModelConfig", "NetworkConfig", "TrainConfig", "SampleConfig", "OutputConfig", "Config"]
 

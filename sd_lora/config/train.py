@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from sd_lora.config.fields import option as _f
 from typing import Literal
 
 __all__ = ["TrainConfig", "SampleConfig", "OPTIMIZERS", "LR_SCHEDULERS"]
@@ -10,11 +12,6 @@ __all__ = ["TrainConfig", "SampleConfig", "OPTIMIZERS", "LR_SCHEDULERS"]
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
-
-def _f(default, help: str, **extra):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
