@@ -38,12 +38,10 @@ def sweep(pipe, lora_file: Path, prompts=PROMPTS, seeds=(0,), scales=SCALES, ste
     out: dict[float, list[np.ndarray]] = {}
     for scale in scales:
         adapters.activate([(file, float(scale))])
-        images = []
-        for prompt in prompts:
-            gens = [torch.Generator().manual_seed(s) for s in seeds]
-            images += list(pipe([prompt] * len(seeds), generator=gens, num_inference_steps=steps,
-                                guidance_scale=guidance, output_type="np").images)
-        out[float(scale)] = images
+        gens = [torch.Generator().manual_seed(s) for _ in prompts for s in seeds]
+        batch = [p for p in prompts for _ in seeds]
+        out[float(scale)] = list(pipe(batch, generator=gens, num_inference_steps=steps, guidance_scale=guidance,
+                                      output_type="np").images)
     adapters.activate([])
     return out
 
@@ -84,7 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "output" / "demo" / "demo_grid.png")
     p.add_argument("--style-dir", type=Path, default=ROOT / "datasets_example" / "outlined_shapes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=5.0)
     args = p.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
