@@ -27,20 +27,29 @@ from sd_lora.models.single_file_configs import (
     METADATA_KEY, PREFIXES, TEXT_ENCODERS, derive_configs, describe_pipeline, detect_checkpoint_family, stored_record,
 )
 
-__all__ = ["PICKLE_SUFFIXES", "read_checkpoint", "load_single_file_pipeline", "save_single_file"]
+__all__ = ["PICKLE_SUFFIXES", "read_checkpoint", "inspect_single_file", "load_single_file_pipeline",
+           "save_single_file"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Only these are read: full checkpoints also hold EMA copies, optimizer state, loss modules...
+_WANTED = tuple(PREFIXES.values())
+_MARKERS = ("v_pred", "ztsnr")  # empty marker tensors some trainers add (v-prediction, zero terminal SNR)
 
 
+def _wanted(keys) -> list[str]:
+    keys = list(keys)
+    # A file with none of the wanted keys is read whole so the error can say what it is instead.
+    return [k for k in keys if k.startswith(_WANTED) or k in _MARKERS] or keys
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
+
+def _read_safetensors(path: Path, tensors: bool) -> tuple[dict, dict]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
+            return {k: f.get_tensor(k) if tensors else None for k in _wanted(f.keys())}, metadata
     except (SafetensorError, OSError, ValueError) as e:
         raise SdLoraError(f"model.pretrained: {path} is not a readable .safetensors checkpoint ({e}); "
                           "the file may be truncated (an interrupted download) or not a checkpoint at all") from e
@@ -62,7 +71,7 @@ def _read_pickle(path: Path, allow_pickle: bool) -> dict:
         sd = sd["state_dict"]  # Lightning-style checkpoints nest the weights
     if not isinstance(sd, dict):
         raise SdLoraError(f"model.pretrained: {path} holds a {type(sd).__name__}, not a state dict of tensors")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    return {k: sd[k] for k in _wanted(sd) if isinstance(sd[k], torch.Tensor)}
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -72,13 +81,18 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 31)
 
 
-def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, safetensors metadata) of a single-file checkpoint; pickles only with `allow_pickle`."""
+def read_checkpoint(path: str | Path, allow_pickle: bool = False,
+                    tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, safetensors metadata) of a single-file checkpoint; pickles only with `allow_pickle`.
+
+    Only the model's weights are read (no EMA copies); `tensors=False` reads a safetensors file's
+    key names alone (values None), which costs nothing even for a 7 GB file.
+    """
     path = Path(path)
     if not path.is_file():
         raise SdLoraError(f"model.pretrained: checkpoint {path} does not exist")
     if _is_safetensors(path):
-        return _read_safetensors(path)
+        return _read_safetensors(path, tensors)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic[:2] == b"PK" or magic[:1] == b"\x80" or path.suffix.lower() in PICKLE_SUFFIXES:
@@ -86,8 +100,9 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> tuple[dict[
     raise SdLoraError(f"model.pretrained: {path} is neither a .safetensors file nor a torch checkpoint "
                       f"(starts with {magic!r}); give a Stable Diffusion checkpoint or a diffusers directory")
 
+
 def _prediction_type(family: str, override: str | None, record: dict | None, sd: dict, metadata: dict,
-                     where: str) -> str:
+                     where: str, note: bool) -> str:
     if override:
         return override
     if record and record.get("prediction_type"):
@@ -95,7 +110,7 @@ def _prediction_type(family: str, override: str | None, record: dict | None, sd:
     spec = metadata.get("modelspec.prediction_type", "").lower()  # Stability's model-spec metadata
     if spec in ("v", "v_prediction", "v-prediction") or "v_pred" in sd:  # "v_pred": marker key some trainers add
         return "v_prediction"
-    if spec != "epsilon" and family == "sd2":
+    if note and spec != "epsilon" and family == "sd2":
         print(f"note: {where} is an SD2 checkpoint; its prediction type cannot be read from the weights, so "
               "epsilon (SD2 512-base) is assumed. For SD2 768-v models set model.prediction_type = \"v_prediction\".")
     return "epsilon"
@@ -212,6 +227,28 @@ def _scheduler(family: str, prediction_type: str, record: dict | None, sd: dict)
     return cls.from_config(config)
 
 
+def _identify(sd: dict, metadata: dict, family: str | None, prediction_type: str | None, where: str,
+              note: bool) -> tuple[str, dict | None, str]:
+    """(family, stored record or None, prediction type) of a checkpoint."""
+    detected = detect_checkpoint_family(sd, where)
+    if family and family != detected:
+        raise SdLoraError(f"model.family = {family!r}, but {where} is laid out as an {detected} checkpoint "
+                          f"(text encoder under {TEXT_ENCODERS[detected][0][1]}*); remove model.family or set it to {detected!r}")
+    record = stored_record(metadata, where)
+    if record and record["family"] != detected:
+        record = None  # metadata copied from another model: the weights decide
+    return detected, record, _prediction_type(detected, prediction_type, record, sd, metadata, where, note)
+
+
+def inspect_single_file(path: str, *, family: str | None = None, prediction_type: str | None = None,
+                        allow_pickle: bool = False) -> tuple[str, str]:
+    """(family, prediction type) of a checkpoint, read from key names and metadata only (no weights
+    for .safetensors). Raises the same SdLoraError as loading would for refused or foreign files."""
+    sd, metadata = read_checkpoint(path, allow_pickle, tensors=False)
+    family, _, prediction = _identify(sd, metadata, family, prediction_type, str(path), note=False)
+    return family, prediction
+
+
 def load_single_file_pipeline(path: str, *, family: str | None = None, prediction_type: str | None = None,
                               torch_dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
                               tokenizer_dir: str | None = None):
@@ -226,15 +263,7 @@ def load_single_file_pipeline(path: str, *, family: str | None = None, predictio
 
     where = str(path)
     sd, metadata = read_checkpoint(path, allow_pickle)
-    detected = detect_checkpoint_family(sd, where)
-    if family and family != detected:
-        raise SdLoraError(f"model.family = {family!r}, but {where} is laid out as an {detected} checkpoint "
-                          f"(text encoder under {TEXT_ENCODERS[detected][0][1]}*); remove model.family or set it to {detected!r}")
-    family = detected
-    record = stored_record(metadata, where)
-    if record and record["family"] != family:
-        record = None  # metadata copied from another model: the weights decide
-    prediction = _prediction_type(family, prediction_type, record, sd, metadata, where)
+    family, record, prediction = _identify(sd, metadata, family, prediction_type, where, note=True)
     configs = record or derive_configs(sd, family, prediction, where)
     with tempfile.TemporaryDirectory(prefix="sd_lora_single_file_") as tmp:
         root = Path(tmp)

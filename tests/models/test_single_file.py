@@ -266,3 +266,27 @@ def test_save_single_file_stores_configs_and_only_non_clip_tokenizers(tiny, tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # written atomically, no leftovers
     _, metadata = read_checkpoint(save_single_file(pipe, tmp_path / "n.safetensors", "sd2", with_tokenizers=False))
     assert "tokenizer" not in json.loads(metadata[METADATA_KEY])
+
+
+def test_inspect_reads_family_and_prediction_without_weights(tiny, tmp_path, capsys):
+    from sd_lora.models.single_file import inspect_single_file
+
+    pipe, stored = tiny["sd2"]
+    assert inspect_single_file(stored) == ("sd2", "v_prediction")  # from sd-lora's stored record
+    plain = _save(pipe, "sd2", tmp_path / "plain.safetensors", stored=False)
+    assert inspect_single_file(plain) == ("sd2", "epsilon")
+    assert inspect_single_file(plain, prediction_type="v_prediction") == ("sd2", "v_prediction")
+    assert capsys.readouterr().out == ""  # the SD2 note is for loading, not inspecting
+    ckpt = tmp_path / "m.ckpt"
+    torch.save(_original_state(pipe, "sd2"), ckpt)
+    with pytest.raises(SdLoraError, match="allow_pickle"):
+        inspect_single_file(str(ckpt))
+
+
+def test_only_model_weights_are_read(tiny, tmp_path):
+    pipe, _ = tiny["sd1"]
+    ema = {"model_ema.decay": torch.tensor(0.999), "model_ema.diffusion_modelout2weight": torch.zeros(4, 32, 3, 3)}
+    path = _save(pipe, "sd1", tmp_path / "ema.safetensors", extra=ema)
+    state, _ = read_checkpoint(path)
+    assert not any(k.startswith("model_ema.") for k in state)
+    assert set(state) == set(_original_state(pipe, "sd1"))
