@@ -18,7 +18,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.formats.community import AdapterWeights, adapter_type, from_community
 from sd_lora.formats.detect import FAMILY_NAMES, detect_format, guess_family, pipeline_family
 from sd_lora.formats.diffusers_format import from_diffusers
-from sd_lora.formats.names import FAMILY_PREFIXES
+from sd_lora.formats.names import FAMILY_PREFIXES, module_to_community
 from sd_lora.formats.peft_bridge import adapted_modules, inject, remove_adapter
 from sd_lora.formats.peft_dir import is_peft_dir, read_peft_dir
 from sd_lora.formats.safetensors_io import read_tensor_file
@@ -108,12 +108,25 @@ def _fail(adapter: AdapterFile, family: str, problems: list[str], what: str) -> 
                        "Nothing was changed.")
 
 
+def _with_file_names(adapter: AdapterFile, weights: AdapterWeights, problems: list[str], family: str,
+                     unet_config) -> list[str]:
+    """Prefix each problem with the module's name as the file spells it, so users can find the key."""
+    if adapter.format != "community":
+        return problems
+    names = {f"{c}.{p}:": module_to_community(c, p, family, unet_config) for c, ms in weights.items() for p in ms}
+    out = []
+    for problem in problems:
+        head = problem.split(" ", 1)[0]
+        out.append(f"{names[head]} ({problem})" if head in names else problem)
+    return out
+
+
 def plan_modules(adapter: AdapterFile, components: dict[str, torch.nn.Module], family: str,
                  unet_config) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     """Validated weights keyed by model module paths, or one SdLoraError listing every problem."""
     weights, problems = adapter.weights(family, unet_config)
     resolved, shape_problems = resolve_modules(weights, components)
-    problems += shape_problems
+    problems += _with_file_names(adapter, weights, shape_problems, family, unet_config)
     if problems:
         raise _fail(adapter, family, problems, "problem(s)")
     bad = find_non_finite(weights)
