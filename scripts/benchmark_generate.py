@@ -1,18 +1,14 @@
-"""Generation latency with adapters: base, fused, unfused with 1 and 3 adapters (no download needed).
+"""Generation latency with adapters: base, fused, unfused with 1 and 3 LoRAs (sd_lora.inference).
 
-Models: the tiny SD1 pipeline (sd_lora.models.tiny) and the full-size SD1 architecture (860 M UNet, CLIP-L,
-VAE) with random weights, built on the meta device and materialised with `to_empty` + each module's own
-initialisation. Adapters are random rank-R LoRAs on to_q/k/v/out.0, written as diffusers files and loaded
-through `AdapterSet` — the same path as `sd-lora generate`.
+Models: the tiny SD1 model, and the full-size SD1 architecture with random weights (no download). Each
+row is the median of `--repeats` timed runs after one warm-up, one image (batch 1, CFG on, so the UNet
+sees 2 samples). "image" is end to end (text encoding, denoising, VAE decode); "UNet" is the time spent
+inside UNet forwards only, where adapters cost something. Rows are run interleaved, round by round, so
+load changes on a shared machine hit every row alike; the fused row is compared with a base timed in
+the same rounds.
 
-Rows, per model: latency of one image (`generate_images`, batch 1, CFG on) as the median of `--repeats`
-runs, the UNet's share of it (seconds per UNet call), and the ratio to the base model. "base" is the model
-with no adapter layers at all (measured before the adapters are loaded and again after they are unloaded);
-"fused" has one adapter merged into the weights; "unfused" keeps the adapters as separate peft layers.
-Repeats of the adapter rows are interleaved so drift from other load on the machine hits every row alike.
-
-    .venv/bin/python scripts/benchmark_generate.py                       # CPU: fp32, full-size at 256 px, 2 steps
-    .venv/bin/python scripts/benchmark_generate.py --device cuda --dtype fp16 --full-size 512 --steps 20
+    .venv/bin/python scripts/benchmark_generate.py                 # CPU, 1 thread
+    .venv/bin/python scripts/benchmark_generate.py --models tiny --repeats 9
 """
 
 from __future__ import annotations
@@ -24,179 +20,147 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-for _var in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
-    os.environ.setdefault(_var, "error")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _materialise(model: torch.nn.Module) -> torch.nn.Module:
-    """A model built on `meta` gets real (uninitialised) storage, then every module's default init."""
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for module in model.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return model
-
-
-def build_full_sd1():
-    """Full-size SD1 pipeline with random weights (UNet, CLIP-L text encoder, VAE) and an offline tokenizer."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def random_sd1():
+    """Full-size SD1 UNet, CLIP-L and VAE, randomly initialised (real init, not uninitialised memory)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from sd_lora.models.architectures import scheduler_config, text_encoder_configs, unet_config, vae_config
     from sd_lora.models.tiny import write_tokenizer_files
 
     torch.manual_seed(0)
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**unet_config("sd1"))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_configs("sd1")[0]))
-        vae = AutoencoderKL(**vae_config("sd1"))
-    tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer_files(tempfile.mkdtemp(), ["a", "photo", "of", "cat"])))
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer_files(tempfile.mkdtemp(), ["a", "photo", "cat"])))
     return StableDiffusionPipeline(
-        vae=_materialise(vae), text_encoder=_materialise(text_encoder), tokenizer=tokenizer, unet=_materialise(unet),
-        scheduler=EulerDiscreteScheduler(**scheduler_config("sd1")), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+        vae=AutoencoderKL(**vae_config("sd1")), tokenizer=tokenizer,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text_encoder_configs("sd1")[0])),
+        unet=UNet2DConditionModel(**unet_config("sd1")), scheduler=DDIMScheduler(**scheduler_config("sd1")),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
-def build_tiny_sd1():
+def tiny_sd1():
     from sd_lora.models.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline("sd1", seed=0)
 
 
-def write_random_loras(pipe, folder: Path, count: int, rank: int) -> list[Path]:
-    """`count` diffusers LoRA files with random A and B (peft's init would leave B at zero: no effect)."""
+def write_loras(pipe, folder: Path, rank: int, n: int = 3) -> list[Path]:
+    """`n` random LoRA files (attention q/k/v/out) for this pipeline's UNet."""
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     files = []
-    for i in range(count):
+    for i in range(n):
         torch.manual_seed(100 + i)
         name = f"bench{i}"
         pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=False),
                               adapter_name=name)
-        state = {k: v.detach().float().clone() * 0.1 for k, v in get_peft_model_state_dict(pipe.unet, adapter_name=name).items()}
+        state = {k: v.detach().clone() * (0.01 if "lora_B" in k else 1.0)
+                 for k, v in get_peft_model_state_dict(pipe.unet, adapter_name=name).items()}
         pipe.unet.delete_adapters(name)
         StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state, weight_name=f"{name}.safetensors")
         files.append(folder / f"{name}.safetensors")
     return files
 
 
-class UnetClock:
-    """Wall time spent inside the UNet's forward (hooks on the UNet module)."""
+class UnetTimer:
+    """Sums wall time spent inside the UNet's forward."""
 
     def __init__(self, unet):
-        self.total, self.calls, self._start = 0.0, 0, 0.0
-        unet.register_forward_pre_hook(self._pre)
-        unet.register_forward_hook(self._post)
-
-    def _pre(self, module, args):
-        self._start = time.perf_counter()
-
-    def _post(self, module, args, output):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.total += time.perf_counter() - self._start
-        self.calls += 1
-
-    def reset(self):
-        self.total, self.calls = 0.0, 0
+        self.total, self._start = 0.0, 0.0
+        unet.register_forward_pre_hook(lambda *a: setattr(self, "_start", time.perf_counter()))
+        unet.register_forward_hook(lambda *a: setattr(self, "total", self.total + time.perf_counter() - self._start))
 
 
-def timed(pipe, clock: UnetClock, request, adapters) -> tuple[float, float]:
+def _timed_rounds(rows: dict, timers: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median (image s, UNet s) per row; rows interleaved round by round, round 0 is a warm-up."""
     from sd_lora.inference import generate_images
 
-    clock.reset()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    generate_images(pipe, [request], adapters=adapters, progress=False)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, clock.total / max(1, clock.calls)
+    times = {k: ([], []) for k in rows}
+    with torch.no_grad():
+        for round_ in range(repeats + 1):
+            for name, (pipe, adapters, request) in rows.items():
+                timer = timers[id(pipe)]
+                unet_before, start = timer.total, time.perf_counter()
+                generate_images(pipe, [request], adapters=adapters, progress=False)
+                if round_:
+                    times[name][0].append(time.perf_counter() - start)
+                    times[name][1].append(timer.total - unet_before)
+    return {k: (statistics.median(a), statistics.median(b)) for k, (a, b) in times.items()}
 
 
-def bench_model(label: str, pipe, args, device, dtype, size: int) -> list[tuple]:
-    """Rows (model, setting, image seconds, UNet seconds per call) for one pipeline."""
+def bench_model(label: str, build, size: int, steps: int, repeats: int, rank: int) -> list[tuple]:
+    """Two pipelines sharing text encoder and VAE: a pristine base, and one that gets the adapters.
+    Phase 1 times base against unfused settings; phase 2 fuses one LoRA and times base against it."""
+    import copy
+
     from sd_lora.inference import AdapterSet, GenerationRequest
 
-    files = write_random_loras(pipe, Path(tempfile.mkdtemp()), 3, args.rank)
-    pipe = pipe.to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    clock = UnetClock(pipe.unet)
-
-    def request(loras=()):
-        return GenerationRequest("a photo of a cat", seed=1, steps=args.steps, guidance=5.0, width=size, height=size,
-                                 loras=list(loras))
-
-    timed(pipe, clock, request(), None)  # warm-up (allocator, kernels, scheduler tables)
-    base = [timed(pipe, clock, request(), None) for _ in range(args.repeats)]
-    adapters = AdapterSet(pipe, family="sd1")
+    base_pipe = build()
+    lora_pipe = type(base_pipe)(**{**base_pipe.components, "unet": copy.deepcopy(base_pipe.unet)})
+    for p in (base_pipe, lora_pipe):
+        p.set_progress_bar_config(disable=True)
+    files = write_loras(lora_pipe, Path(tempfile.mkdtemp()), rank)
+    adapters = AdapterSet(lora_pipe, family="sd1")
     adapters.load([str(f) for f in files])
-    one, three = [(str(files[0]), 1.0)], [(str(f), 1.0) for f in files]
-    settings = {"fused (1 adapter)": [], "unfused, 1 adapter": [], "unfused, 3 adapters": []}
-    timed(pipe, clock, request(three), adapters)  # warm-up with adapter layers
-    for _ in range(args.repeats):
-        adapters.fuse([(files[0], 1.0)])
-        settings["fused (1 adapter)"].append(timed(pipe, clock, request(), adapters))
-        adapters.unfuse()
-        settings["unfused, 1 adapter"].append(timed(pipe, clock, request(one), adapters))
-        settings["unfused, 3 adapters"].append(timed(pipe, clock, request(three), adapters))
-    pipe.unload_lora_weights()
-    base += [timed(pipe, clock, request(), None) for _ in range(args.repeats)]
-    rows = [(label, "base (no adapter layers)", *_medians(base))]
-    rows += [(label, name, *_medians(runs)) for name, runs in settings.items()]
-    return rows
+    timers = {id(p): UnetTimer(p.unet) for p in (base_pipe, lora_pipe)}
+
+    def req(loras=()):
+        return GenerationRequest("a photo of a cat", seed=1, steps=steps, guidance=7.0, width=size, height=size,
+                                 loras=[(str(f), 0.8) for f in loras])
+
+    base = "base (no adapters loaded)"
+    phase1 = _timed_rounds({base: (base_pipe, None, req()),
+                            "unfused, 3 loaded, none active": (lora_pipe, adapters, req()),
+                            "unfused, 1 LoRA": (lora_pipe, adapters, req(files[:1])),
+                            "unfused, 3 LoRAs": (lora_pipe, adapters, req(files))}, timers, repeats)
+    adapters.fuse([(files[0], 0.8)])
+    phase2 = _timed_rounds({base: (base_pipe, None, req()), "fused, 1 LoRA": (lora_pipe, adapters, req())},
+                           timers, repeats)
+    out = []
+    for phase in (phase1, phase2):
+        base_img, base_unet = phase[base]
+        for name, (img, unet) in phase.items():
+            if name == base and phase is phase2:
+                name = "base (again, for the fused row)"
+            out.append((label, name, img, 100 * (img / base_img - 1), unet, 100 * (unet / base_unet - 1)))
+            print(f"{label:<28} {name:<32} {img:8.3f} s {out[-1][3]:+7.1f} %  UNet {unet:8.3f} s "
+                  f"{out[-1][5]:+7.1f} %", flush=True)
+    return out
 
 
-def _medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-
-
-def print_table(rows, header: str) -> None:
-    print(header)
-    print("| model | setting | image latency (s) | UNet call (ms) | vs base |")
-    print("|---|---|---:|---:|---:|")
-    base = {}
-    for model, setting, image_s, unet_s in rows:
-        base.setdefault(model, image_s)
-        print(f"| {model} | {setting} | {image_s:.3f} | {unet_s * 1000:.1f} | {image_s / base[model] - 1:+.1%} |")
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--full-size", type=int, default=256, help="image side for the full-size SD1 model (px)")
-    p.add_argument("--tiny-size", type=int, default=32, help="image side for the tiny model (px)")
-    p.add_argument("--skip-full", action="store_true", help="only the tiny model")
-    args = p.parse_args()
-    warnings.filterwarnings("ignore", category=UserWarning)  # peft: "several adapters in one model" is intended
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    rows = bench_model("tiny sd1", build_tiny_sd1(), args, device, dtype, args.tiny_size)
-    if not args.skip_full:
-        rows += bench_model(f"full-size sd1 (random), {args.full_size} px", build_full_sd1(), args, device, dtype,
-                            args.full_size)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
-    print_table(rows, f"{where}; torch {torch.__version__}; {args.dtype}; {args.steps} steps, CFG 5, batch 1, "
-                      f"LoRA rank {args.rank} on {'/'.join(TARGETS)}; median of {args.repeats}")
-    return 0
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="tiny,sd1")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    setups = {"tiny": ("tiny SD1, 64 px", tiny_sd1, 64, 10, args.repeats),
+              "sd1": ("SD1 full-size, 128 px", random_sd1, 128, 4, max(2, args.repeats // 2))}
+    rows = []
+    for key in args.models.split(","):
+        label, build, size, steps, repeats = setups[key]
+        print(f"# {label}: {steps} steps, median of {repeats}, LoRA rank {args.rank}", flush=True)
+        rows += bench_model(f"{label}, {steps} steps", build, size, steps, repeats, args.rank)
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+          f"{args.threads} thread(s), fp32, CPU\n")
+    print("| model | setting | image (s) | vs base | UNet (s) | vs base |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label, name, img, d_img, unet, d_unet in rows:
+        print(f"| {label} | {name} | {img:.3f} | {d_img:+.1f} % | {unet:.3f} | {d_unet:+.1f} % |")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
