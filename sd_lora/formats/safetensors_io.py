@@ -112,13 +112,37 @@ def read_tensor_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict
     return _read_safetensors(path)
 
 
-def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
-    from safetensors.torch import save
+_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.bool: "BOOL"}
 
+
+def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
+    """safetensors bytes with a deterministic header (metadata keys sorted).
+
+    The safetensors library writes metadata in hash-map order, which differs between calls, so a
+    converted-and-back file would not be byte-identical; the layout here is the library's otherwise
+    (tensors by dtype size then name, header padded with spaces to 8 bytes) and the library reads it.
+    """
     bad = sorted(k for k, v in (metadata or {}).items() if not isinstance(v, str))
     if bad:
         raise SdLoraError(f"safetensors metadata values must be strings; not strings: {bad}")
-    return save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    unknown = sorted(k for k, v in tensors.items() if v.dtype not in _DTYPE_NAMES)
+    if unknown:
+        raise SdLoraError(f"cannot write tensors of dtype {tensors[unknown[0]].dtype} ({unknown[:3]})")
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    chunks, offset = [], 0
+    for key in order:
+        t = tensors[key].detach().to("cpu").contiguous()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[key] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
 def data_region(blob: bytes) -> bytes:
