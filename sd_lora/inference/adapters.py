@@ -33,27 +33,12 @@ def apply_adapter(pipe, path: str | Path, adapter_name: str, *, family: str | No
                   allow_pickle: bool = False) -> None:
     """Inject the adapter file at `path` into `pipe` as `adapter_name` (all modules or none).
 
-    Uses sd_lora.formats (kohya LoRA/LoCon/LoHa/LoKr/DoRA, diffusers files, peft dirs, family checks) when
-    it is importable, else diffusers' own loader with a minimal check that something was adapted.
+    The one place inference loads adapter files: sd_lora.formats reads every supported format (kohya
+    LoRA/LoCon/LoHa/LoKr/DoRA, diffusers files, peft directories) and refuses files for another family.
     """
-    try:
-        from sd_lora.formats import apply_adapter_file
-    except ImportError:
-        apply_adapter_file = None
-    if apply_adapter_file is not None:
-        apply_adapter_file(pipe, path, adapter_name, family=family, allow_pickle=allow_pickle)
-        return
-    if Path(path).suffix != ".safetensors" and not allow_pickle:
-        raise SdLoraError(f"{path}: not a .safetensors file; loading pickled files runs code from the file, "
-                          "so it needs --allow-pickle (only for files you trust)")
-    try:
-        pipe.load_lora_weights(str(path), adapter_name=adapter_name)
-    except (ValueError, RuntimeError, KeyError, OSError) as e:
-        raise SdLoraError(f"{path}: cannot apply this adapter to the {family or 'loaded'} pipeline "
-                          f"(is it for another model family?): {e}") from e
-    if not any(adapter_name in getattr(m, "scaling", {}) for m in _tuner_layers(pipe)):
-        raise SdLoraError(f"{path}: no module of the {family or 'loaded'} pipeline matches this file's keys; "
-                          "it is probably for another model family")
+    from sd_lora.formats import apply_adapter_file
+
+    apply_adapter_file(pipe, path, adapter_name, family=family, allow_pickle=allow_pickle)
 
 
 def lora_hash(path: str | Path) -> str:

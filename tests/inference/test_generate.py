@@ -97,3 +97,14 @@ def test_errors_come_before_any_generation(sd1, sd1_loras, sdxl_lora, monkeypatc
         generate_images(pipe, [request(), GenerationRequest("x", width=36, height=32)], adapters=adapters)
     with pytest.raises(SdLoraError):
         generate_images(pipe, [request(), request(loras=[(str(sdxl_lora), 1.0)])], adapters=adapters)
+
+
+def test_community_file_gives_the_same_image_as_the_diffusers_file(sd1, sd1_loras, tmp_path):
+    from sd_lora.formats import convert_file
+
+    pipe, info = sd1
+    kohya = convert_file(sd1_loras["style"], tmp_path / "style_kohya.safetensors", to="community", family="sd1")
+    adapters = AdapterSet(pipe, family=info.family)
+    a, b = arrays(pipe, [request(loras=[(str(sd1_loras["style"]), 0.8)]), request(loras=[(str(kohya), 0.8)])],
+                  adapters)
+    np.testing.assert_allclose(a, b, atol=1e-5)
