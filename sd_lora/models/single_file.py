@@ -64,7 +64,8 @@ def _read_pickle(path: Path, allow_pickle: bool) -> dict:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... depending on the damage
-        raise SdLoraError(f"model.pretrained: could not read pickle checkpoint {path} with torch.load(weights_only=True): "
+        raise SdLoraError(f"model.pretrained: could not read pickle checkpoint {path} with "
+                          f"torch.load(weights_only=True): "
                           f"{e}. The file may be truncated, or hold objects other than tensors; convert it to "
                           ".safetensors with a tool you trust.") from e
     while isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -140,7 +141,8 @@ def _write_tokenizers(root: Path, family: str, configs: dict, record: dict | Non
                                   "give a CLIP tokenizer directory")
             shutil.copytree(src, target)
         elif stored:
-            write_tokenizer_dir(target, stored["vocab"], stored["merges"], stored["pad_token"], stored.get("max_length", 77))
+            write_tokenizer_dir(target, stored["vocab"], stored["merges"], stored["pad_token"],
+                                stored.get("max_length", 77))
         elif vocab == CLIP_VOCAB_SIZE:
             write_clip_tokenizer(target, pad)
         else:
@@ -191,7 +193,8 @@ def _load_components(sd: dict, root: Path, family: str, configs: dict, torch_dty
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     # float32 is what the empty models hold already; naming it only makes diffusers warn.
-    common = dict(config=str(root), local_files_only=True, torch_dtype=None if torch_dtype == torch.float32 else torch_dtype)
+    dtype = None if torch_dtype == torch.float32 else torch_dtype
+    common = dict(config=str(root), local_files_only=True, torch_dtype=dtype)
     jobs = {"unet": (UNet2DConditionModel.from_single_file, _subset(sd, PREFIXES["unet"])),
             "vae": (AutoencoderKL.from_single_file, _subset(sd, PREFIXES["vae"]))}
     for name, prefix, layout, _ in TEXT_ENCODERS[family]:
@@ -233,7 +236,8 @@ def _identify(sd: dict, metadata: dict, family: str | None, prediction_type: str
     detected = detect_checkpoint_family(sd, where)
     if family and family != detected:
         raise SdLoraError(f"model.family = {family!r}, but {where} is laid out as an {detected} checkpoint "
-                          f"(text encoder under {TEXT_ENCODERS[detected][0][1]}*); remove model.family or set it to {detected!r}")
+                          f"(text encoder under {TEXT_ENCODERS[detected][0][1]}*); "
+                          f"remove model.family or set it to {detected!r}")
     record = stored_record(metadata, where)
     if record and record["family"] != detected:
         record = None  # metadata copied from another model: the weights decide

@@ -44,7 +44,8 @@ def detect_checkpoint_family(state_dict: dict, where: str = "checkpoint") -> str
         lora = _has_prefix(keys, "lora_") or any(".lora_" in k or "lora_down" in k for k in keys)
         hint = "it looks like a LoRA adapter, not a base model" if lora else \
             "it holds no UNet weights (model.diffusion_model.*)"
-        raise SdLoraError(f"model.pretrained: {where} is not a Stable Diffusion checkpoint in the original layout: {hint}")
+        raise SdLoraError(f"model.pretrained: {where} is not a Stable Diffusion checkpoint in the original "
+                          f"layout: {hint}")
     if _has_prefix(keys, PREFIXES["sdxl_2"]) or PREFIXES["unet"] + "label_emb.0.0.weight" in keys:
         if not _has_prefix(keys, PREFIXES["sdxl_1"]):
             raise SdLoraError(f"model.pretrained: {where} looks like an SDXL refiner (one OpenCLIP text encoder); "

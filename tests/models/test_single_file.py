@@ -85,16 +85,17 @@ def test_without_stored_config_weights_come_from_shapes(tiny, family, tmp_path):
     loaded, detected = load_single_file_pipeline(path, tokenizer_dir=str(tmp_path / "tok"))
     assert detected == family
     _assert_same_weights(pipe, loaded)
-    # Shapes give every size; what they cannot give follows the real models (SD1: 8 heads).
+    # Every size comes from the tensor shapes.
     for key in ("block_out_channels", "down_block_types", "layers_per_block", "cross_attention_dim"):
-        assert list(loaded.unet.config[key]) == list(pipe.unet.config[key]) if isinstance(pipe.unet.config[key], tuple) \
-            else loaded.unet.config[key] == pipe.unet.config[key]
+        want = pipe.unet.config[key]
+        assert loaded.unet.config[key] == (list(want) if isinstance(want, tuple) else want), key
 
 
 def test_non_clip_vocabulary_without_tokenizer_is_a_clear_error(tiny, tmp_path):
     pipe, _ = tiny["sd1"]
     path = _save(pipe, "sd1", tmp_path / "plain.safetensors", stored=False)
-    with pytest.raises(SdLoraError, match=rf"{pipe.text_encoder.config.vocab_size} tokens, not CLIP's 49408.*model.tokenizer"):
+    vocab = pipe.text_encoder.config.vocab_size
+    with pytest.raises(SdLoraError, match=rf"{vocab} tokens, not CLIP's 49408.*model.tokenizer"):
         load_single_file_pipeline(path)
 
 
