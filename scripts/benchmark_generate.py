@@ -67,7 +67,8 @@ def write_loras(pipe, folder: Path, rank: int, n: int = 3) -> list[Path]:
         state = {k: v.detach().clone() * (0.01 if "lora_B" in k else 1.0)
                  for k, v in get_peft_model_state_dict(pipe.unet, adapter_name=name).items()}
         pipe.unet.delete_adapters(name)
-        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state, weight_name=f"{name}.safetensors")
+        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state,
+                                                  weight_name=f"{name}.safetensors")
         files.append(folder / f"{name}.safetensors")
     return files
 

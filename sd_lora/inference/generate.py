@@ -214,6 +214,7 @@ def generate_images(pipeline, requests: Sequence[GenerationRequest], *, adapters
     return list(iter_images(pipeline, requests, adapters=adapters, batch_size=batch_size, progress=progress))
 
 
-def sweep_requests(request: GenerationRequest, names: Sequence[str], scales: Sequence[float]) -> list[GenerationRequest]:
+def sweep_requests(request: GenerationRequest, names: Sequence[str],
+                   scales: Sequence[float]) -> list[GenerationRequest]:
     """Adapters × scales, row by row, all with the request's seed; the request's own LoRAs are replaced."""
     return [replace(request, loras=[LoraRef(name, float(s))]) for name in names for s in scales]

@@ -108,3 +108,17 @@ def test_community_file_gives_the_same_image_as_the_diffusers_file(sd1, sd1_lora
     a, b = arrays(pipe, [request(loras=[(str(sd1_loras["style"]), 0.8)]), request(loras=[(str(kohya), 0.8)])],
                   adapters)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_sdxl_mixed_batch_equals_each_image_alone(tiny_sdxl_dir, sdxl_lora):
+    from conftest import load_tiny
+
+    pipe, info = load_tiny(tiny_sdxl_dir)
+    adapters = AdapterSet(pipe, family=info.family)
+    requests = [request(seed=1, loras=[(str(sdxl_lora), 0.9)]), request("a tree", seed=2)]
+    alone = arrays(pipe, requests, adapters, batch_size=1)
+    together = arrays(pipe, requests, adapters, batch_size=2)
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    base = arrays(pipe, [request(seed=1)], adapters)[0]
+    assert np.abs(alone[0] - base).max() > 1e-3
