@@ -29,7 +29,7 @@ def _lokr_factor(p: dict, n: str) -> torch.Tensor:
     if f"lokr_w{n}" in p:
         return p[f"lokr_w{n}"]
     if n == "2" and "lokr_t2" in p:
-        return _rebuild_cp(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+        return _rebuild_cp(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"]).contiguous()
     return p[f"lokr_w{n}_a"] @ p[f"lokr_w{n}_b"]
 
 

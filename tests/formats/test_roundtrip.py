@@ -76,3 +76,20 @@ def test_dora_round_trip_preserves_outputs(fresh, tmp_path):
     other = fresh("sd1")
     apply_adapter_file(other, path, "d")
     assert abs(image(other) - trained).max() < 1e-4
+
+
+@pytest.mark.parametrize("method", ["loha", "lokr"])
+def test_lycoris_adapters_save_and_reload_with_identical_images(fresh, tmp_path, method):
+    pipe = fresh("sd1")
+    comps = add_adapters(pipe, method, preset="full")
+    trained = image(pipe)
+    path = tmp_path / f"{method}.safetensors"
+    report = save_adapter(path, comps, "sd1", unet_config=dict(pipe.unet.config), save_precision=torch.float32)
+    assert report.adapter_type == method and report.complete
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    assert any((".hada_w1_a" if method == "loha" else ".lokr_w1") in k for k in keys)
+    other = fresh("sd1")
+    applied = apply_adapter_file(other, path, "l")
+    assert applied.modules == report.trained
+    assert abs(image(other) - trained).max() < 1e-4
