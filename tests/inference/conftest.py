@@ -88,3 +88,8 @@ def sdxl_lora(tiny_sdxl_dir, tmp_path_factory):
 @pytest.fixture
 def sd1(tiny_sd1_dir):
     return load_tiny(tiny_sd1_dir)
+
+
+@pytest.fixture
+def sdxl(tiny_sdxl_dir):
+    return load_tiny(tiny_sdxl_dir)

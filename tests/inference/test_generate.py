@@ -110,10 +110,8 @@ def test_community_file_gives_the_same_image_as_the_diffusers_file(sd1, sd1_lora
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_sdxl_mixed_batch_equals_each_image_alone(tiny_sdxl_dir, sdxl_lora):
-    from conftest import load_tiny
-
-    pipe, info = load_tiny(tiny_sdxl_dir)
+def test_sdxl_mixed_batch_equals_each_image_alone(sdxl, sdxl_lora):
+    pipe, info = sdxl
     adapters = AdapterSet(pipe, family=info.family)
     requests = [request(seed=1, loras=[(str(sdxl_lora), 0.9)]), request("a tree", seed=2)]
     alone = arrays(pipe, requests, adapters, batch_size=1)
