@@ -1,8 +1,7 @@
 """Load a Stable Diffusion base model and say what it is (family, prediction type).
 
-Sources: `builtin:tiny` (shipped with sd-lora), a local diffusers directory (never touches the
-network), or a hub id. Single-file checkpoints are recognised and reported (their loader is a
-separate step; see `is_single_file`).
+Sources: `builtin:tiny` (shipped with sd-lora), a local diffusers directory or single-file checkpoint
+(never touches the network), or a hub id.
 """
 
 from __future__ import annotations
@@ -74,8 +73,10 @@ def _read_json(path: Path, what: str) -> dict:
         raise SdLoraError(f"model.pretrained: cannot read {what} at {path}: {e}") from e
 
 
-def inspect_model(pretrained: str, family: str | None = None, prediction_type: str | None = None) -> BaseModelInfo:
-    """Read family and prediction type from a local model's config files, without loading weights.
+def inspect_model(pretrained: str, family: str | None = None, prediction_type: str | None = None,
+                  allow_pickle: bool = False) -> BaseModelInfo:
+    """Read family and prediction type from a local model's config files (or a single file's key names),
+    without loading weights.
 
     Hub ids are inspected after download by `load_pipeline`; here they get the overrides or sd1/epsilon.
     """
@@ -92,8 +93,10 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
         if sched_path.is_file():
             detected_pred = _read_json(sched_path, "scheduler config").get("prediction_type", "epsilon")
     elif is_local:
-        raise SdLoraError(f"model.pretrained: single-file checkpoint {pretrained!r} is not supported yet; "
-                          "convert it to a diffusers directory first")
+        from sd_lora.models.single_file import inspect_single_file
+
+        detected_family, detected_pred = inspect_single_file(location, family=family, prediction_type=prediction_type,
+                                                             allow_pickle=allow_pickle)
     return BaseModelInfo(pretrained, location, family or detected_family, prediction_type or detected_pred, is_local)
 
 
@@ -116,7 +119,16 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
     """
     from diffusers import DiffusionPipeline
 
-    info = inspect_model(pretrained, family, prediction_type)
+    info = inspect_model(pretrained, family, prediction_type, allow_pickle)
+    if info.is_local and Path(info.location).is_file():
+        from sd_lora.models.single_file import load_single_file_pipeline
+
+        if quantize:
+            raise SdLoraError("model.quantize: not supported for single-file checkpoints; convert the checkpoint "
+                              "to a diffusers directory first (sd_lora.models.single_file / scripts/make_single_file.py)")
+        pipe, fam = load_single_file_pipeline(info.location, family=family, prediction_type=prediction_type,
+                                              torch_dtype=torch_dtype, allow_pickle=allow_pickle)
+        return pipe, BaseModelInfo(pretrained, info.location, fam, pipe.scheduler.config.prediction_type, True)
     kwargs = dict(torch_dtype=torch_dtype, local_files_only=info.is_local)
     if quantize:
         kwargs["unet"] = _quantized_unet(info.location, info.is_local, quantize, torch_dtype)
