@@ -139,16 +139,40 @@ def _components(pipe, family: str) -> dict[str, torch.nn.Module]:
     return {c: getattr(pipe, c) for c in FAMILY_PREFIXES[family] if getattr(pipe, c, None) is not None}
 
 
+def _with_explicit_alphas(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A missing alpha means scale 1 in every community loader; diffusers would use another module's alpha."""
+    out = dict(tensors)
+    for key, tensor in tensors.items():
+        if key.endswith(".lora_down.weight"):
+            alpha_key = key[: -len("lora_down.weight")] + "alpha"
+            out.setdefault(alpha_key, torch.tensor(float(tensor.shape[0])))
+    return out
+
+
 def _via_diffusers(pipe, adapter: AdapterFile, adapter_name: str) -> None:
-    source = adapter.tensors if adapter.format == "community" else str(adapter.path)
-    if isinstance(source, dict):
-        source = dict(source)
+    source = _with_explicit_alphas(adapter.tensors) if adapter.format == "community" else str(adapter.path)
     pipe.load_lora_weights(source, adapter_name=adapter_name)
+
+
+def _fix_scales(components, plan, adapter_name: str) -> None:
+    """Set each layer's alpha to the file's: diffusers 0.42 misnames some SD1 alpha patterns (attn2, text-encoder
+    attention) when alphas vary per module, which leaves those layers at the default alpha."""
+    for component, modules in plan.items():
+        named = dict(components[component].named_modules())
+        for path, params in modules.items():
+            layer = named[path]
+            rank = layer.r[adapter_name]
+            alpha = float(params["alpha"].item()) if "alpha" in params else float(rank)
+            if layer.lora_alpha[adapter_name] != alpha:
+                layer.lora_alpha[adapter_name] = alpha
+                layer.scaling[adapter_name] = alpha / rank
 
 
 def _apply(pipe, adapter: AdapterFile, plan, components, adapter_name: str) -> str:
     if adapter.format in ("community", "diffusers") and adapter.adapter_type in ("lora", "locon"):
         _via_diffusers(pipe, adapter, adapter_name)
+        if adapter.format == "community":
+            _fix_scales(components, plan, adapter_name)
         return "diffusers"
     for component, modules in plan.items():
         inject(components[component], modules, adapter_name)
