@@ -43,10 +43,11 @@ def parse_args(argv=None):
     p.add_argument("--work", default=".tiny_base_work", help="checkpoints, logs and sample grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image size in pixels")
-    p.add_argument("--vae-steps", type=int, default=500)
-    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-steps", type=int, default=800)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--steps", type=int, default=2400, help="UNet + text encoder steps")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=20)
@@ -66,7 +67,7 @@ def build_models(tokenizer_dir: Path, size: int):
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64),
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=16, sample_size=size, scaling_factor=1.0,
+        layers_per_block=1, norm_num_groups=1, sample_size=size, scaling_factor=1.0,
     )
     te = CLIPTextModel(CLIPTextConfig(
         hidden_size=TE_WIDTH, intermediate_size=TE_WIDTH * 4, num_attention_heads=4, num_hidden_layers=2,
@@ -76,7 +77,7 @@ def build_models(tokenizer_dir: Path, size: int):
     unet = UNet2DConditionModel(
         sample_size=size // 4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TE_WIDTH, attention_head_dim=8, norm_num_groups=16,
+        cross_attention_dim=TE_WIDTH, attention_head_dim=8, norm_num_groups=8,
     )
     return tokenizer, vae, te, unet
 
@@ -153,11 +154,12 @@ def load_checkpoint(work: Path, modules: dict, optims: dict, device) -> dict:
 
 # ---------------------------------------------------------------- training phases
 
-def train_vae(args, vae, device, work, log, start=0, opt=None):
-    opt = opt or torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+def train_vae(args, vae, opt, device, work, log, start=0):
     vae.train()
     t0 = time.time()
     for step in range(start, args.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = args.vae_lr * min(1.0, (step + 1) / 50)
         x = vae_batch(args.seed, step, args.vae_batch, args.size).to(device)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=step_generator(args.seed, step, 1, device)).to(device)
@@ -279,9 +281,11 @@ def export(args, tokenizer, vae, ema, work, log):
     pipe = build_pipeline(tokenizer, vae, ema.shadow["te"], ema.shadow["unet"])
     pipe.set_progress_bar_config(disable=True)
     sample_grid(pipe, work / "samples.png", args.seed, log)
-    pipe.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
+    # float32 on disk (a few MB): loads with one dtype everywhere, which CPU training needs;
+    # transformers would keep an fp16 text encoder in fp16 while diffusers upcasts the UNet.
+    pipe.save_pretrained(args.out, safe_serialization=True)
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
-    log(f"saved {args.out} ({size / 1e6:.2f} MB, fp16)")
+    log(f"saved {args.out} ({size / 1e6:.2f} MB float32, {size / 2e6:.2f} MB as fp16)")
 
 
 def main(argv=None) -> int:
@@ -305,7 +309,7 @@ def main(argv=None) -> int:
     vae, te, unet = vae.to(device), te.to(device), unet.to(device)
     ema = Ema(te, unet)
     opt = torch.optim.AdamW(list(unet.parameters()) + list(te.parameters()), lr=args.lr, weight_decay=1e-2)
-    opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     meta = {"phase": "vae", "step": 0}
     if args.resume and (work / "checkpoint.json").is_file():
         meta = load_checkpoint(work, {"vae": vae, "te": te, "unet": unet, "ema": ema.shadow},
@@ -315,7 +319,7 @@ def main(argv=None) -> int:
         f"text encoder {count(te):.2f} M, unet {count(unet):.2f} M")
     started = time.time()
     if meta["phase"] == "vae":
-        train_vae(args, vae, device, work, log, start=meta["step"], opt=opt_vae)
+        train_vae(args, vae, opt_vae, device, work, log, start=meta["step"])
         meta = {"phase": "unet", "step": 0, "scaling_factor": latent_scale(args, vae, device)}
         log(f"latent scaling factor {meta['scaling_factor']:.4f}")
     vae.eval().requires_grad_(False)

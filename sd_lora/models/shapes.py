@@ -160,18 +160,16 @@ def style_sample(seed: int, index: int, size: int = 32, outline: float = 0.08) -
 
 
 def autoencoder_sample(seed: int, index: int, size: int = 32) -> Image.Image:
-    """A picture for training the autoencoder only: random RGB colours and random outlines, so
-    the VAE can reconstruct any flat-colour drawing, not just the captioned palette."""
+    """A picture for training the autoencoder only: corpus pictures, half of them outlined
+    (near-black or a palette colour, random width), so the VAE can reconstruct outlines too.
+    The UNet and text encoder never see these; the outlined look stays new to the base model."""
     rng = _rng(seed, index, "vae")
     spec = random_spec(rng)
-
-    def colour():
-        return tuple(rng.randrange(256) for _ in range(3))
-
-    spec = ShapeSpec(spec.shape, colour(), spec.size, spec.position, colour(),
-                     colour() if rng.random() < 0.3 else None, spec.split,
-                     rng.choice((0.0, 0.0, 0.04, 0.08, 0.12)))
-    return render(spec, size, outline_rgb=colour())
+    if rng.random() < 0.5:
+        spec = ShapeSpec(spec.shape, spec.colour, spec.size, spec.position, spec.background,
+                         spec.background2, spec.split, rng.choice((0.04, 0.08, 0.12)))
+    ink = OUTLINE_RGB if rng.random() < 0.5 else PALETTE[rng.choice(tuple(PALETTE))]
+    return render(spec, size, outline_rgb=ink)
 
 
 def _as_array(image) -> np.ndarray:

@@ -96,3 +96,11 @@ def test_demo_dataset_script_reproduces_the_committed_files(tmp_path):
         committed = DEMO_DIR / path.name
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(committed)))
         assert path.with_suffix(".txt").read_text() == committed.with_suffix(".txt").read_text()
+
+
+def test_autoencoder_pictures_are_deterministic_and_include_outlines():
+    a = [np.asarray(shapes.autoencoder_sample(0, i)) for i in range(40)]
+    b = [np.asarray(shapes.autoencoder_sample(0, i)) for i in range(40)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    inked = [shapes.style_statistic([x]) > 0 for x in a]
+    assert any(inked) and not all(inked)
