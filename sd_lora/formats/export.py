@@ -82,7 +82,13 @@ def _metadata(weights: AdapterWeights, family: str, given: dict[str, str] | None
     facts = weights_facts(weights)
     derived = minimum_metadata({"family": family, **facts})
     # values measured on the weights win over what the caller passed for them
-    return {**derived, **(given or {}), **{k: derived[k] for k in _FACT_KEYS}}
+    meta = {**derived, **(given or {}), **{k: derived[k] for k in _FACT_KEYS}}
+    try:
+        given_args = json.loads((given or {}).get("ss_network_args") or "{}")
+    except json.JSONDecodeError:
+        given_args = {}
+    meta["ss_network_args"] = json.dumps({**given_args, **json.loads(derived["ss_network_args"])}, sort_keys=True)
+    return meta
 
 
 def _coverage(tmp: Path, path: Path, components, family: str, unet_config, weights: AdapterWeights,
