@@ -39,8 +39,12 @@ def check_shapes(path: str, params: dict[str, torch.Tensor], module: torch.nn.Mo
             return (f"{path}: down {list(down.shape)} / up {list(up.shape)} do not fit the layer "
                     f"{type(module).__name__} {list(shape)} (expected {list(want_down)} / {list(want_up)})")
         dora = params.get("dora_scale")
-        if dora is not None and dora.numel() not in (shape[0], shape[1]):
-            return f"{path}: dora_scale {list(dora.shape)} fits neither axis of {list(shape)}"
+        if dora is not None and (dora.numel() != shape[0] or dora.shape[0] != shape[0]):
+            if dora.numel() == shape[1] and dora.shape[0] == 1:
+                return (f"{path}: dora_scale {list(dora.shape)} normalises over the input axis (LyCORIS / "
+                        "AUTOMATIC1111 layout); peft's DoRA keeps one magnitude per output channel, so this file "
+                        "cannot be applied exactly. Re-export it with the output-axis layout [out, 1].")
+            return f"{path}: dora_scale {list(dora.shape)} does not fit the layer {list(shape)} (expected [{shape[0]}, 1])"
         return None
     meta = {k: v.to("meta") for k, v in params.items() if k != "alpha"}
     meta.update({"alpha": params["alpha"]} if "alpha" in params else {})

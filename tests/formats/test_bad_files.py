@@ -142,3 +142,18 @@ def test_metadata_json_is_valid(files):
     with safe_open(str(files["sd1"]), "pt") as f:
         meta = f.metadata()
     json.loads(meta["ss_network_args"])
+
+
+def test_input_axis_dora_scale_is_refused_with_the_reason(files, tmp_path):
+    state = load_file(str(files["sd1"]))
+    key = next(k for k in sorted(state) if k.endswith("attn1_to_q.lora_down.weight"))
+    name = key.removesuffix(".lora_down.weight")
+    for k in [k for k in state if k.endswith(".lora_down.weight")]:
+        n = k.removesuffix(".lora_down.weight")
+        state[f"{n}.dora_scale"] = torch.ones(state[f"{n}.lora_up.weight"].shape[0], 1)
+    # a square layer: [1, in] and [out, 1] hold the same number of values, only the layout tells them apart
+    assert state[key].shape[1] == state[f"{name}.lora_up.weight"].shape[0]
+    state[f"{name}.dora_scale"] = torch.ones(1, state[key].shape[1])
+    bad = tmp_path / "dora_in.safetensors"
+    save_file(state, str(bad))
+    _refused(files, bad, "input axis", "attn1_to_q")
