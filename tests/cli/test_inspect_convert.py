@@ -101,3 +101,38 @@ def test_cli_errors_are_reported_without_traceback(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.safetensors"), str(tmp_path / "o.safetensors"),
                  "--to", "diffusers"]) == 2
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_inspect_diffusers_file_counts_the_same_modules(exported, tmp_path, capsys):
+    mid = tmp_path / "d.safetensors"
+    assert main(["convert", str(exported["sdxl"]), str(mid), "--to", "diffusers"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(exported["sdxl"]), "--json"]) == 0
+    community = json.loads(capsys.readouterr().out)
+    assert main(["inspect", str(mid), "--json"]) == 0
+    diffusers = json.loads(capsys.readouterr().out)
+    assert diffusers["format"] == "diffusers" and diffusers["family"] == "sdxl"
+    assert diffusers["modules"] == community["modules"]
+    assert diffusers["rank_alpha"] == community["rank_alpha"]
+
+
+def test_convert_needs_a_family_when_the_file_does_not_say(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "plain.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.zeros(8, 2)},
+              str(src))
+    assert main(["convert", str(src), str(tmp_path / "o.safetensors"), "--to", "diffusers"]) == 2
+    assert "--family" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "o.safetensors"), "--to", "diffusers", "--family", "sd1"]) == 0
+
+
+def test_loha_cannot_be_written_as_diffusers(tmp_path, capsys):
+    pipe = build_tiny_pipeline("sd1", seed=0)
+    comps = add_adapters(pipe, "loha", preset="attn", text_encoders=False)
+    src = tmp_path / "loha.safetensors"
+    save_adapter(src, comps, "sd1", unet_config=dict(pipe.unet.config), save_precision=torch.float32)
+    assert main(["convert", str(src), str(tmp_path / "o.safetensors"), "--to", "diffusers", "--family", "sd1"]) == 2
+    assert "community format" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
