@@ -83,13 +83,16 @@ class UnetTimer:
 
 
 def _timed_rounds(rows: dict, timers: dict, repeats: int) -> dict[str, tuple[float, float]]:
-    """Median (image s, UNet s) per row; rows interleaved round by round, round 0 is a warm-up."""
+    """Median (image s, UNet s) per row; rows interleaved round by round in rotating order, round 0 warms up."""
     from sd_lora.inference import generate_images
 
     times = {k: ([], []) for k in rows}
     with torch.no_grad():
+        names = list(rows)
         for round_ in range(repeats + 1):
-            for name, (pipe, adapters, request) in rows.items():
+            # A different row goes first each round, so no row always follows the same one.
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                pipe, adapters, request = rows[name]
                 timer = timers[id(pipe)]
                 unet_before, start = timer.total, time.perf_counter()
                 generate_images(pipe, [request], adapters=adapters, progress=False)
