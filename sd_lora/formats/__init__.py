@@ -5,7 +5,9 @@ Public API:
 - `community_metadata(info) -> dict[str, str]`
 - `load_adapter_file(path, allow_pickle=False) -> AdapterFile`
 - `apply_adapter_file(pipe, path, adapter_name, family=None, allow_pickle=False) -> ApplyReport`
-- `convert_file(src, dst, to, family=None)` (community <-> diffusers, lossless)
+- `convert_file(src, dst, to, family=None, *, unet_config=None, allow_pickle=False)` (community <-> diffusers,
+  lossless: converting back gives the same bytes)
+- `summarize_file(path, allow_pickle=False) -> dict` (what `sd-lora inspect` prints)
 - pure name mapping: `module_to_community`, `community_to_module`, `diffusers_to_sgm`, `sgm_to_diffusers`
 """
 
@@ -23,6 +25,7 @@ from sd_lora.formats.names import (
     module_to_community,
 )
 from sd_lora.formats.sdxl_names import diffusers_to_sgm, sgm_to_diffusers
+from sd_lora.formats.summary import summarize_file
 
 __all__ = [
     "AdapterFile",
@@ -43,6 +46,7 @@ __all__ = [
     "module_to_community",
     "save_adapter",
     "sgm_to_diffusers",
+    "summarize_file",
     "to_community",
     "to_diffusers",
 ]
