@@ -64,15 +64,18 @@ def test_fp16_save_casts_every_tensor_including_alpha(fresh, tmp_path):
     assert dtypes == {"F16"}
 
 
-def test_dora_round_trip_preserves_outputs(fresh, tmp_path):
+@pytest.mark.parametrize("fmt", ["community", "diffusers"])
+def test_dora_round_trip_preserves_outputs(fresh, tmp_path, fmt):
     pipe = fresh("sd1")
     comps = add_adapters(pipe, "lora", preset="attn-mlp", dora=True)
     trained = image(pipe)
     path = tmp_path / "dora.safetensors"
-    report = save_adapter(path, comps, "sd1", unet_config=dict(pipe.unet.config), save_precision=torch.float32)
+    report = save_adapter(path, comps, "sd1", unet_config=dict(pipe.unet.config), save_precision=torch.float32,
+                          format=fmt)
     assert report.adapter_type == "dora"
     with safe_open(str(path), "pt") as f:
-        assert any(k.endswith(".dora_scale") for k in f.keys())
+        magnitude = ".dora_scale" if fmt == "community" else ".lora_magnitude_vector"
+        assert any(k.endswith(magnitude) for k in f.keys())
     other = fresh("sd1")
     apply_adapter_file(other, path, "d")
     assert abs(image(other) - trained).max() < 1e-4
