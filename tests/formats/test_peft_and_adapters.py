@@ -86,3 +86,26 @@ def test_same_adapter_name_twice_is_refused(tmp_path):
     apply_adapter_file(pipe, path, "same")
     with pytest.raises(SdLoraError, match="already used"):
         apply_adapter_file(pipe, path, "same")
+
+
+@pytest.mark.parametrize("method", ["loha", "lokr"])
+def test_lycoris_adapters_follow_set_adapters_weights_and_fuse(tmp_path, method):
+    source = build_tiny_pipeline("sd1", seed=0)
+    source.set_progress_bar_config(disable=True)
+    comps = add_adapters(source, method, preset="attn", text_encoders=False)
+    trained = image(source)
+    path = tmp_path / "l.safetensors"
+    save_adapter(path, comps, "sd1", unet_config=dict(source.unet.config), save_precision=torch.float32)
+    pipe = build_tiny_pipeline("sd1", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    base = image(pipe)
+    apply_adapter_file(pipe, path, "l")
+    pipe.set_adapters(["l"], adapter_weights=[0.0])
+    assert abs(image(pipe) - base).max() < 1e-5
+    pipe.set_adapters(["l"], adapter_weights=[1.0])
+    assert abs(image(pipe) - trained).max() < 1e-4
+    pipe.fuse_lora(adapter_names=["l"])
+    assert abs(image(pipe) - trained).max() < 1e-4
+    pipe.unfuse_lora()
+    pipe.set_adapters(["l"], adapter_weights=[0.0])
+    assert abs(image(pipe) - base).max() < 1e-5
