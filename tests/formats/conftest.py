@@ -45,7 +45,7 @@ def add_adapters(pipe, method: str = "lora", preset: str = "full", seed: int = 0
 
 
 def image(pipe, seed: int = 3):
-    return pipe("a red square", num_inference_steps=1, height=32, width=32, output_type="np",
+    return pipe("a red square", num_inference_steps=2, height=32, width=32, output_type="np",
                 generator=torch.Generator().manual_seed(seed)).images
 
 
