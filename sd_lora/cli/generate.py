@@ -88,15 +88,10 @@ def _next_index(out: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def _save_all(images, out: Path, model: str, family: str) -> list[Path]:
+def _save(im, path: Path, model: str, family: str) -> Path:
     from sd_lora.inference import format_parameters, image_record, save_png
 
-    start, paths = _next_index(out), []
-    for i, im in enumerate(images):
-        path = out / f"{start + i:05d}-{im.request.seed}.png"
-        save_png(path, im.image, format_parameters(im, model), image_record(im, model, family))
-        paths.append(path)
-    return paths
+    return save_png(path, im.image, format_parameters(im, model), image_record(im, model, family))
 
 
 def _grid(images, out: Path, stem: str, **kwargs) -> Path:
@@ -128,9 +123,12 @@ def run(args: argparse.Namespace) -> int:
     if args.fuse:
         adapters.fuse([(f, ref.weight) for f, ref in zip(files, loras)])
     out = Path(args.out)
-    images = list(iter_images(pipe, requests, adapters=adapters, batch_size=args.batch_size, progress=True))
-    paths = _save_all(images, out, info.name, info.family)
-    stem = paths[0].stem.split("-")[0]
+    start, images, paths = _next_index(out), [], []
+    # Saved as each batch finishes, so an interrupted run keeps what it made.
+    for i, im in enumerate(iter_images(pipe, requests, adapters=adapters, batch_size=args.batch_size)):
+        paths.append(_save(im, out / f"{start + i:05d}-{im.request.seed}.png", info.name, info.family))
+        images.append(im)
+    stem = f"{start:05d}"
     if args.sweep:
         grid = _grid(images, out, f"sweep-{stem}", cols=len(sweep_scales), row_labels=[r.name for r in loras],
                      col_labels=[f"{s:g}" for s in sweep_scales])
