@@ -78,3 +78,13 @@ def test_adamw8bit_on_cpu_or_without_bitsandbytes_is_a_clear_error():
     cfg = TrainConfig(optimizer="adamw8bit")
     with pytest.raises(SdLoraError, match="adamw8bit"):
         build_optimizer(param_groups({"unet": Adapted()}, cfg), cfg, torch.device("cpu"))
+
+
+def test_prodigy_builds_and_steps():
+    cfg = TrainConfig(optimizer="prodigy", learning_rate=1.0)
+    model = Adapted()
+    opt = build_optimizer(param_groups({"unet": model}, cfg), cfg, torch.device("cpu"))
+    before = model.lora_A.weight.detach().clone()
+    model.lora_B(model.lora_A(torch.randn(3, 4))).pow(2).sum().backward()
+    opt.step()
+    assert type(opt).__name__ == "Prodigy" and not torch.equal(before, model.lora_A.weight)
