@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job: set up the environment if needed, then train the demo adapter offline on the built-in model.
+# The main job: set up the environment if needed, train the demo adapter offline on the built-in tiny
+# model, then render the before/after grid (LoRA scales 0, 0.5, 1; same prompts and seeds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec .venv/bin/sd-lora train --config train_configs/demo.toml "$@"
+.venv/bin/sd-lora train --config train_configs/demo.toml "$@"
+.venv/bin/python scripts/demo_grid.py --lora output/demo/demo_style.safetensors --out output/demo/demo_grid.png
