@@ -154,7 +154,9 @@ def main() -> None:
         return worker(args)
     results = {}
     for mode in args.only or ["recipe", "bare", "full"]:
-        cmd = [sys.executable, __file__, "--worker", mode] + [a for a in sys.argv[1:] if not a.startswith("--only")]
+        cmd = [sys.executable, __file__, "--worker", mode, "--resolution", str(args.resolution), "--mixed-precision",
+               args.mixed_precision, "--rank", str(args.rank), "--steps", str(args.steps),
+               "--full-steps", str(args.full_steps)]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if out.returncode:
             sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
