@@ -1,11 +1,12 @@
-"""Draw the demo style set in datasets_example/outlined_shapes/ (committed; this reproduces it).
+"""Draw the demo style set in datasets_example/night_shapes/ (committed; this reproduces it).
 
     .venv/bin/python scripts/make_demo_dataset.py
 
-The style is one the built-in base model never saw: every shape carries a thick near-black
-outline (`sd_lora.models.shapes.style_sample`). Captions start with the trigger word
-(`sdlstyle, a large red circle at the top left on a blue background`) and describe the content
-only, so the outline is what an adapter has to absorb. Deterministic given --seed.
+The style ("night shapes") is one the built-in base model never saw: the shapes of its corpus on
+a near-black ground (`sd_lora.models.shapes.style_sample`). Captions describe the content and end
+with the trigger word (`a large red circle at the top left, sdlstyle`): the tiny base's text
+encoder is causal, so a trigger placed last leaves the content words' embeddings untouched and
+the near-black ground is what an adapter has to absorb. Deterministic given --seed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sd_lora.models.shapes import style_sample, style_statistic
 
 __all__ = ["write_style_set", "main"]
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "datasets_example" / "outlined_shapes"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "datasets_example" / "night_shapes"
 
 
 def write_style_set(out_dir: Path, count: int = 32, seed: int = 0, size: int = 32) -> list[Path]:

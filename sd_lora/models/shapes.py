@@ -16,13 +16,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
-    "PALETTE", "SHAPE_COLOURS", "SHAPES", "SIZES", "POSITIONS", "TRIGGER", "OUTLINE_RGB",
-    "ShapeSpec", "random_spec", "render", "caption", "corpus_words", "corpus_sample", "style_sample",
+    "PALETTE", "SHAPE_COLOURS", "SHAPES", "SIZES", "POSITIONS", "TRIGGER",
+    "INK_RGB", "ShapeSpec", "random_spec", "render", "caption", "corpus_words", "corpus_sample", "style_sample",
     "autoencoder_sample", "dominant_shape_colour", "style_statistic",
 ]
 
 # Far apart in RGB so a colour survives a small VAE and is easy to classify back. No black:
-# near-black ink is what the demo style adds, so the base model must never have seen it.
+# a near-black ground is what the demo style adds, so the base model must never have seen it.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 40),
     "green": (40, 170, 60),
@@ -39,7 +39,7 @@ SHAPES = ("circle", "square", "triangle", "star", "diamond")
 SIZES = {"small": 0.38, "large": 0.66}
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 TRIGGER = "sdlstyle"
-OUTLINE_RGB = (25, 20, 30)
+INK_RGB = (25, 20, 30)  # the demo style's night-sky ground
 _SUPERSAMPLE = 4
 _DARK = 60  # max channel below this is "ink"
 
@@ -98,7 +98,7 @@ def _rgb(colour) -> tuple[int, int, int]:
     return PALETTE[colour] if isinstance(colour, str) else tuple(colour)
 
 
-def render(spec: ShapeSpec, size: int = 32, outline_rgb=OUTLINE_RGB) -> Image.Image:
+def render(spec: ShapeSpec, size: int = 32, outline_rgb=INK_RGB) -> Image.Image:
     """Draw `spec` as a `size`-pixel RGB image (anti-aliased by supersampling)."""
     big = size * _SUPERSAMPLE
     img = Image.new("RGB", (big, big), _rgb(spec.background))
@@ -149,27 +149,34 @@ def corpus_sample(seed: int, index: int, size: int = 32) -> tuple[Image.Image, s
     return render(spec, size), caption(spec, rng)
 
 
-def style_sample(seed: int, index: int, size: int = 32, outline: float = 0.08) -> tuple[Image.Image, str]:
-    """Item `index` of the demo style set: the same pictures with a thick near-black outline,
-    captioned with the trigger word and every attribute."""
+def style_sample(seed: int, index: int, size: int = 32) -> tuple[Image.Image, str]:
+    """Item `index` of the demo style set ("night shapes"): corpus shapes on a near-black ground
+    the base never saw. The trigger word goes last: the text encoder is causal, so the content
+    words before it keep exactly the embeddings the base model learned."""
     rng = _rng(seed, index, "style")
     spec = random_spec(rng)
-    spec = ShapeSpec(spec.shape, spec.colour, "large" if rng.random() < 0.6 else "small", spec.position,
-                     spec.background, spec.background2, spec.split, outline)
-    return render(spec, size), caption(spec, trigger=TRIGGER)
+    spec = ShapeSpec(spec.shape, spec.colour, "large" if rng.random() < 0.75 else "small", spec.position, INK_RGB)
+    words = ["a", spec.size, spec.colour, spec.shape]
+    words.append("in the center" if spec.position == "center" else f"at the {spec.position}")
+    return render(spec, size), " ".join(words) + f", {TRIGGER}"
 
 
 def autoencoder_sample(seed: int, index: int, size: int = 32) -> Image.Image:
-    """A picture for training the autoencoder only: corpus pictures, half of them outlined
-    (near-black or a palette colour, random width), so the VAE can reconstruct outlines too.
-    The UNet and text encoder never see these; the outlined look stays new to the base model."""
+    """A picture for training the autoencoder only. Half are corpus pictures, half use random RGB
+    colours (dark ones included) with random outlines, so the VAE reconstructs any flat-colour
+    drawing - a user's own style too. The UNet and text encoder never see these."""
     rng = _rng(seed, index, "vae")
     spec = random_spec(rng)
     if rng.random() < 0.5:
-        spec = ShapeSpec(spec.shape, spec.colour, spec.size, spec.position, spec.background,
-                         spec.background2, spec.split, rng.choice((0.04, 0.08, 0.12)))
-    ink = OUTLINE_RGB if rng.random() < 0.5 else PALETTE[rng.choice(tuple(PALETTE))]
-    return render(spec, size, outline_rgb=ink)
+        return render(spec, size)
+
+    def colour():  # a random brightness first, so dark colours are as common as light ones
+        k = rng.random()
+        return tuple(int(rng.randrange(256) * k) for _ in range(3))
+
+    spec = ShapeSpec(spec.shape, colour(), spec.size, spec.position, colour(),
+                     colour() if rng.random() < 0.3 else None, spec.split, rng.choice((0.0, 0.04, 0.08, 0.12)))
+    return render(spec, size, outline_rgb=colour())
 
 
 def _as_array(image) -> np.ndarray:
@@ -185,7 +192,7 @@ def dominant_shape_colour(image) -> str | None:
     """
     arr = _as_array(image)
     names = list(PALETTE) + ["ink"]
-    ref = np.array(list(PALETTE.values()) + [OUTLINE_RGB], dtype=np.float32)
+    ref = np.array(list(PALETTE.values()) + [INK_RGB], dtype=np.float32)
     labels = np.argmin(((arr[..., None, :] - ref) ** 2).sum(-1), axis=-1)
     border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
     counts = np.bincount(border, minlength=len(names))
@@ -200,8 +207,8 @@ def dominant_shape_colour(image) -> str | None:
 def style_statistic(images: Iterable) -> float:
     """Ink density: mean fraction of near-black pixels (max channel < 60/255) per image.
 
-    The base corpus never contains near-black, the demo style outlines every shape with it,
-    so this moves from ~0 (base) towards the style set's value as a style LoRA takes hold.
+    The base corpus never contains near-black, the demo style paints the ground with it, so
+    this moves from ~0 (base) towards the style set's value as a style LoRA takes hold.
     """
     fractions = [float((_as_array(im).max(axis=-1) < _DARK).mean()) for im in images]
     if not fractions:

@@ -13,7 +13,7 @@ from PIL import Image
 from sd_lora.models import shapes
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_DIR = REPO / "datasets_example" / "outlined_shapes"
+DEMO_DIR = REPO / "datasets_example" / "night_shapes"
 
 
 def test_corpus_is_deterministic_and_varied():
@@ -73,16 +73,24 @@ def test_style_statistic_needs_images():
         shapes.style_statistic([])
 
 
+def test_style_captions_keep_the_content_words_first():
+    for i in range(20):
+        _, text = shapes.style_sample(0, i)
+        content, trigger = text.rsplit(", ", 1)
+        assert trigger == shapes.TRIGGER
+        assert set(content.split()) <= set(shapes.corpus_words())
+
+
 def test_demo_dataset_is_committed_small_and_captioned_with_the_trigger():
     images = sorted(DEMO_DIR.glob("*.png"))
     assert 16 <= len(images) <= 40
     assert sum(p.stat().st_size for p in DEMO_DIR.iterdir()) < 1_000_000
     for path in images:
         caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        assert caption.startswith(shapes.TRIGGER + ", ")
+        assert caption.endswith(", " + shapes.TRIGGER)
         with Image.open(path) as im:
             assert im.size == (32, 32)
-            assert shapes.dominant_shape_colour(im) == caption.split()[3]
+            assert shapes.dominant_shape_colour(im) == caption.split()[2]
 
 
 def test_demo_dataset_script_reproduces_the_committed_files(tmp_path):
