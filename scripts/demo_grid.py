@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--lora", type=Path, default=ROOT / "output" / "demo" / "demo_style.safetensors")
     p.add_argument("--model", default="builtin:tiny")
     p.add_argument("--out", type=Path, default=ROOT / "output" / "demo" / "demo_grid.png")
-    p.add_argument("--style-dir", type=Path, default=ROOT / "datasets_example" / "outlined_shapes")
+    p.add_argument("--style-dir", type=Path, default=ROOT / "datasets_example" / "night_shapes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=5.0)
