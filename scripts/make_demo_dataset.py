@@ -46,9 +46,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=32)
     args = p.parse_args(argv)
     paths = write_style_set(args.out, args.count, args.seed, args.size)
-    ink = style_statistic([Image.open(path) for path in paths])
+    darkness = style_statistic([Image.open(path) for path in paths])
     total = sum(f.stat().st_size for f in args.out.iterdir())
-    print(f"wrote {len(paths)} images + captions to {args.out} ({total / 1024:.0f} KiB); ink density {ink:.3f}")
+    print(f"wrote {len(paths)} images + captions to {args.out} ({total / 1024:.0f} KiB); ground darkness {darkness:.3f}")
     return 0
 
 

@@ -41,7 +41,6 @@ POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom 
 TRIGGER = "sdlstyle"
 INK_RGB = (25, 20, 30)  # the demo style's night-sky ground
 _SUPERSAMPLE = 4
-_DARK = 60  # max channel below this is "ink"
 
 
 @dataclass(frozen=True)
@@ -204,14 +203,20 @@ def dominant_shape_colour(image) -> str | None:
     return names[int(np.bincount(shape_pixels).argmax())]
 
 
-def style_statistic(images: Iterable) -> float:
-    """Ink density: mean fraction of near-black pixels (max channel < 60/255) per image.
+def style_statistic(images: Iterable, frame: int = 3) -> float:
+    """Ground darkness: mean of 1 - max(R, G, B) / 255 over each image's outer `frame` pixels.
 
-    The base corpus never contains near-black, the demo style paints the ground with it, so
-    this moves from ~0 (base) towards the style set's value as a style LoRA takes hold.
+    The frame is almost all background. The base corpus has no dark ground (its darkest, gray,
+    scores 0.45; most score 0.1-0.2), the demo "night" style paints it near-black (about 0.9),
+    so the value moves from the base's towards the style set's as a style LoRA takes hold,
+    whatever colour the shape in the middle is.
     """
-    fractions = [float((_as_array(im).max(axis=-1) < _DARK).mean()) for im in images]
-    if not fractions:
+    values = []
+    for im in images:
+        arr = _as_array(im)
+        ring = np.ones(arr.shape[:2], dtype=bool)
+        ring[frame:-frame, frame:-frame] = False
+        values.append(float(1.0 - arr.max(axis=-1)[ring].mean() / 255.0))
+    if not values:
         raise ValueError("style_statistic needs at least one image")
-    return float(np.mean(fractions))
-
+    return float(np.mean(values))
