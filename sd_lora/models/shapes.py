@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 __all__ = [
     "PALETTE", "SHAPE_COLOURS", "SHAPES", "SIZES", "POSITIONS", "TRIGGER",
     "INK_RGB", "ShapeSpec", "random_spec", "render", "caption", "corpus_words", "corpus_sample", "style_sample",
-    "autoencoder_sample", "dominant_shape_colour", "style_statistic",
+    "autoencoder_sample", "colour_names", "dominant_shape_colour", "style_statistic",
 ]
 
 # Far apart in RGB so a colour survives a small VAE and is easy to classify back. No black:
@@ -183,24 +183,44 @@ def _as_array(image) -> np.ndarray:
     return arr * 255.0 if arr.max() <= 1.0 else arr
 
 
-def dominant_shape_colour(image) -> str | None:
-    """Palette name of the shape in `image` (PIL image or HxWx3 array, 0-255 or 0-1).
+# Hue bins (degrees) of the chromatic names; every palette colour falls well inside its own bin.
+_HUES = (("red", 0, 18), ("orange", 18, 42), ("yellow", 42, 75), ("green", 75, 170), ("blue", 170, 255),
+         ("purple", 255, 345), ("red", 345, 361))
+_NAMES = ("ink", "gray", "white") + tuple(dict.fromkeys(n for n, _, _ in _HUES))
 
-    Pixels are classified to the nearest palette colour (or ink, for near-black); classes that
-    cover much of the 1-pixel border are background; the commonest other class is the shape's.
+
+def colour_names(image) -> np.ndarray:
+    """Per-pixel colour name index into `_NAMES`, by hue for saturated pixels (so a dark or pale
+    green is still green) and by brightness for the rest (ink, gray, white)."""
+    arr = _as_array(image) / 255.0
+    mx, mn = arr.max(axis=-1), arr.min(axis=-1)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+    delta = np.maximum(mx - mn, 1e-6)
+    hue = np.select([mx == r, mx == g], [((g - b) / delta) % 6, (b - r) / delta + 2], (r - g) / delta + 4) * 60
+    labels = np.full(mx.shape, _NAMES.index("gray"))
+    labels[mx > 0.8] = _NAMES.index("white")
+    for name, lo, hi in _HUES:
+        labels[(sat >= 0.3) & (hue >= lo) & (hue < hi)] = _NAMES.index(name)
+    labels[mx < 0.2] = _NAMES.index("ink")
+    return labels
+
+
+def dominant_shape_colour(image) -> str | None:
+    """Colour name of the shape in `image` (PIL image or HxWx3 array, 0-255 or 0-1).
+
+    Pixels are named by hue (see `colour_names`); names that cover much of the 1-pixel border
+    are background; the commonest other chromatic or white name is the shape's.
     """
-    arr = _as_array(image)
-    names = list(PALETTE) + ["ink"]
-    ref = np.array(list(PALETTE.values()) + [INK_RGB], dtype=np.float32)
-    labels = np.argmin(((arr[..., None, :] - ref) ** 2).sum(-1), axis=-1)
+    labels = colour_names(image)
     border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
-    counts = np.bincount(border, minlength=len(names))
-    background = {i for i, c in enumerate(counts) if c >= 0.15 * border.size}
+    counts = np.bincount(border, minlength=len(_NAMES))
+    background = {int(counts.argmax())} | {i for i, c in enumerate(counts) if c >= 0.3 * border.size}
     inner = labels[1:-1, 1:-1].ravel()
-    shape_pixels = [int(v) for v in inner if v not in background and names[v] not in ("ink", "gray")]
-    if not shape_pixels:
+    keep = ~np.isin(inner, list(background | {_NAMES.index("ink"), _NAMES.index("gray")}))
+    if not keep.any():
         return None
-    return names[int(np.bincount(shape_pixels).argmax())]
+    return _NAMES[int(np.bincount(inner[keep]).argmax())]
 
 
 def style_statistic(images: Iterable, frame: int = 3) -> float:

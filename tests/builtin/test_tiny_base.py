@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sd_lora
-from sd_lora.models.shapes import PALETTE, SHAPES, dominant_shape_colour
+from sd_lora.models.shapes import SHAPES, dominant_shape_colour
 
 TINY = Path(sd_lora.__file__).resolve().parent / "builtin" / "tiny"
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -60,3 +60,18 @@ def test_default_output_is_the_training_size(pipe):
     image = pipe("a large red circle", num_inference_steps=2, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.shape == (32, 32, 3)
+
+
+def test_generated_shapes_follow_the_prompt_colour(pipe):
+    # 6 colours x 5 shapes x 2 seeds at the pipeline's default guidance (7.5), 20 DDIM steps.
+    prompts = [f"a large {c} {SHAPES[(i + k) % len(SHAPES)]}" for i, c in enumerate(COLOURS) for k in range(5)]
+    found = []
+    for seed in (100, 300):
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+        images = pipe(prompts, num_inference_steps=20, output_type="np", generator=generators).images
+        found += [dominant_shape_colour(im) for im in images]
+    wanted = [p.split()[2] for p in prompts] * 2
+    accuracy = sum(f == w for f, w in zip(found, wanted)) / len(wanted)
+    assert accuracy >= 0.8, (accuracy, sorted(set((w, f) for w, f in zip(wanted, found) if w != f)))
+    for colour in COLOURS:  # every colour gets drawn, not a few colours for everything
+        assert found.count(colour) >= 2, (colour, found.count(colour))
