@@ -119,3 +119,22 @@ def test_autoencoder_pictures_are_deterministic_and_include_outlines():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     inked = [bool((x.max(axis=-1) < 60).any()) for x in a]
     assert any(inked) and not all(inked)
+
+
+def test_colour_names_go_by_hue_so_shades_keep_their_name():
+    names = shapes._NAMES
+    for name, rgb in shapes.PALETTE.items():
+        assert names[shapes.colour_names(np.array([[rgb]], dtype=np.uint8))[0, 0]] == name
+    shades = {"green": [(20, 70, 30), (140, 230, 150)], "red": [(120, 10, 20)], "blue": [(10, 30, 110)],
+              "ink": [(10, 10, 10), shapes.INK_RGB]}
+    for name, rgbs in shades.items():
+        for rgb in rgbs:
+            assert names[shapes.colour_names(np.array([[rgb]], dtype=np.uint8))[0, 0]] == name, rgb
+
+
+def test_a_shape_touching_the_border_is_not_taken_for_background():
+    spec = shapes.ShapeSpec("square", "red", "large", "top left", "blue")
+    arr = np.asarray(shapes.render(spec)).copy()
+    arr[:12, :1] = shapes.PALETTE["red"]  # the shape now reaches the border over a stretch
+    arr[:1, :12] = shapes.PALETTE["red"]
+    assert shapes.dominant_shape_colour(arr) == "red"
