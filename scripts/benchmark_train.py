@@ -136,7 +136,7 @@ def worker(args) -> None:
     else:
         times = run_bare(args, device, dtype, full=args.worker == "full")
     print(json.dumps({"sec_per_step": statistics.median(times), "peak_gb": peak_memory_gb(device),
-                      "steps": len(times)}))
+                      "steps": len(times), "times": times}))
 
 
 def main() -> None:
@@ -148,19 +148,27 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="timed LoRA steps (after one warm-up step)")
     p.add_argument("--full-steps", type=int, default=2, help="timed full fine-tune steps (slow on CPU)")
     p.add_argument("--only", choices=["recipe", "bare", "full"], action="append")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run each column this many times, alternating the order (a, b, b, a, ...) so slow drift of "
+                        "a shared machine hits every column alike; the table shows the median over all timed steps")
     p.add_argument("--worker", choices=["recipe", "bare", "full"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    results = {}
-    for mode in args.only or ["recipe", "bare", "full"]:
-        cmd = [sys.executable, __file__, "--worker", mode, "--resolution", str(args.resolution), "--mixed-precision",
-               args.mixed_precision, "--rank", str(args.rank), "--steps", str(args.steps),
-               "--full-steps", str(args.full_steps)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if out.returncode:
-            sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
-        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    modes = args.only or ["recipe", "bare", "full"]
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for r in range(args.repeats):
+        for mode in (modes if r % 2 == 0 else modes[::-1]):
+            cmd = [sys.executable, __file__, "--worker", mode, "--resolution", str(args.resolution),
+                   "--mixed-precision", args.mixed_precision, "--rank", str(args.rank), "--steps", str(args.steps),
+                   "--full-steps", str(args.full_steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if out.returncode:
+                sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
+            runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    results = {m: {"sec_per_step": statistics.median(t for run in rs for t in run["times"]),
+                   "peak_gb": max(run["peak_gb"] for run in rs),
+                   "run_medians": [run["sec_per_step"] for run in rs]} for m, rs in runs.items()}
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
     print(f"SD1 full-size UNet, random weights, {args.resolution} px, batch 1, LoRA rank {args.rank}, "
           f"mixed precision {args.mixed_precision}, torch {torch.__version__}, {device}")
@@ -168,6 +176,9 @@ def main() -> None:
     print(f"| {'what':32} | {'s/step':>8} | {'peak GB':>8} |\n|{'-' * 34}|{'-' * 10}|{'-' * 10}|")
     for mode, r in results.items():
         print(f"| {names[mode]:32} | {r['sec_per_step']:8.2f} | {r['peak_gb']:8.2f} |")
+    if args.repeats > 1:
+        for mode, r in results.items():
+            print(f"{names[mode]}: per-run medians " + ", ".join(f"{t:.2f}" for t in r["run_medians"]))
     if {"recipe", "bare"} <= results.keys():
         a, b = results["recipe"], results["bare"]
         print(f"(a)/(b) time: {a['sec_per_step'] / b['sec_per_step']:.3f} (target <= 1.05); "
