@@ -3,7 +3,7 @@
     .venv/bin/python scripts/demo_grid.py --lora output/demo/demo_style.safetensors --out output/demo/demo_grid.png
 
 Run after `sd-lora train --config train_configs/demo.toml`. Prints, per scale, the style statistic
-(ink density, `sd_lora.models.shapes.style_statistic`) next to the style set's own value, and how
+(ground darkness, `sd_lora.models.shapes.style_statistic`) next to the style set's own value, and how
 often the generated shape still has the prompt's colour.
 """
 
@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sd_lora.models.shapes import PALETTE, TRIGGER, dominant_shape_colour, style_statistic
+from sd_lora.models.shapes import PALETTE, TRIGGER, centre_colour, style_statistic
 
 __all__ = ["PROMPTS", "SCALES", "sweep", "colour_hits", "grid_image", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = [f"{TRIGGER}, a large {c} {s}" for c, s in
+# The trigger goes last, as in the style set's captions (see the model card: a word in front shifts the content).
+PROMPTS = [f"a large {c} {s}, {TRIGGER}" for c, s in
            [("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("green", "diamond"),
             ("purple", "circle"), ("orange", "square")]]
 SCALES = (0.0, 0.5, 1.0)
@@ -47,9 +48,12 @@ def sweep(pipe, lora_file: Path, prompts=PROMPTS, seeds=(0,), scales=SCALES, ste
 
 
 def colour_hits(images, prompts, seeds_per_prompt: int) -> float:
-    """Fraction of images whose dominant shape colour is the colour named in their prompt."""
+    """Fraction of images whose shape has the colour named in their prompt.
+
+    The prompts ask for large shapes with no position: the shape fills the middle and often reaches the border,
+    so its colour is read from the centre (`centre_colour`), whatever the ground is."""
     wanted = [next(w for w in p.replace(",", " ").split() if w in PALETTE) for p in prompts]
-    labels = [dominant_shape_colour(im) for im in images]
+    labels = [centre_colour(im) for im in images]
     return float(np.mean([lab == wanted[i // seeds_per_prompt] for i, lab in enumerate(labels)]))
 
 
@@ -66,7 +70,7 @@ def grid_image(images_by_scale: dict[float, list[np.ndarray]], row_labels, zoom:
             arr = (np.clip(images_by_scale[s][r], 0, 1) * 255).round().astype(np.uint8)
             im = Image.fromarray(arr)
             cells.append(im.resize((im.width * zoom, im.height * zoom), Image.Resampling.NEAREST))
-    cols = [f"LoRA scale {s:g}" + (" (base)" if s == 0 else "") for s in scales]
+    cols = [f"scale {s:g}" + (" (base)" if s == 0 else "") for s in scales]
     return make_grid(cells, cols=len(scales), row_labels=list(row_labels), col_labels=cols)
 
 
@@ -89,11 +93,11 @@ def main(argv=None) -> int:
     pipe, _ = load_generation_pipeline(args.model, device="cpu", dtype="fp32")
     images = sweep(pipe, args.lora, seeds=(args.seed,), steps=args.steps, guidance=args.guidance)
     target = style_statistic(Image.open(f) for f in sorted(args.style_dir.glob("*.png")))
-    print(f"style statistic (ink density) of the style set: {target:.3f}")
+    print(f"style statistic (ground darkness) of the style set: {target:.3f}")
     for scale, ims in images.items():
-        print(f"scale {scale:g}: ink density {style_statistic(ims):.3f}, "
+        print(f"scale {scale:g}: ground darkness {style_statistic(ims):.3f}, "
               f"prompt colour followed {colour_hits(ims, PROMPTS, 1):.0%}")
-    grid = grid_image(images, [p.split(", ", 1)[1] for p in PROMPTS])
+    grid = grid_image(images, [p.rsplit(", ", 1)[0] for p in PROMPTS])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:
         grid.save(tmp, format="PNG", optimize=True)

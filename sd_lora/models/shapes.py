@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 __all__ = [
     "PALETTE", "SHAPE_COLOURS", "SHAPES", "SIZES", "POSITIONS", "TRIGGER",
     "INK_RGB", "ShapeSpec", "random_spec", "render", "caption", "corpus_words", "corpus_sample", "style_sample",
-    "autoencoder_sample", "colour_names", "dominant_shape_colour", "style_statistic",
+    "autoencoder_sample", "centre_colour", "colour_names", "dominant_shape_colour", "style_statistic",
 ]
 
 # Far apart in RGB so a colour survives a small VAE and is easy to classify back. No black:
@@ -221,6 +221,24 @@ def dominant_shape_colour(image) -> str | None:
     if not keep.any():
         return None
     return _NAMES[int(np.bincount(inner[keep]).argmax())]
+
+
+def centre_colour(image, fraction: float = 0.5) -> str | None:
+    """Colour name of a large, centred shape: the commonest chromatic or white name in the central
+    `fraction` of the image (ink and gray are ground, never the shape).
+
+    For prompts such as "a large red circle" (no position) the shape sits in the middle and often
+    reaches the border, where `dominant_shape_colour`'s border-based background guess can take the
+    shape itself for the ground; the centre is the shape whatever the ground is.
+    """
+    labels = colour_names(image)
+    h, w = labels.shape
+    dh, dw = max(1, round(h * fraction / 2)), max(1, round(w * fraction / 2))
+    centre = labels[h // 2 - dh:h // 2 + dh, w // 2 - dw:w // 2 + dw].ravel()
+    centre = centre[~np.isin(centre, [_NAMES.index("ink"), _NAMES.index("gray")])]
+    if not centre.size:
+        return None
+    return _NAMES[int(np.bincount(centre).argmax())]
 
 
 def style_statistic(images: Iterable, frame: int = 3) -> float:

@@ -138,3 +138,18 @@ def test_a_shape_touching_the_border_is_not_taken_for_background():
     arr[:12, :1] = shapes.PALETTE["red"]  # the shape now reaches the border over a stretch
     arr[:1, :12] = shapes.PALETTE["red"]
     assert shapes.dominant_shape_colour(arr) == "red"
+
+
+def test_centre_colour_reads_a_large_centred_shape_whatever_the_ground():
+    for ground in ("blue", "white", "gray"):
+        spec = shapes.ShapeSpec("circle", "red", "large", "center", ground)
+        assert shapes.centre_colour(shapes.render(spec)) == "red", ground
+    # a shape filling most of the frame on a dark ground (where a border guess fails)
+    arr = np.zeros((32, 32, 3), dtype=np.uint8)
+    arr[2:30, 2:30] = shapes.PALETTE["green"]
+    arr[0, :] = shapes.PALETTE["green"]
+    assert shapes.centre_colour(arr) == "green"
+    # a dark ground with no shape in the middle has no shape colour
+    arr = np.zeros((32, 32, 3), dtype=np.uint8)
+    arr[:4, :4] = shapes.PALETTE["red"]
+    assert shapes.centre_colour(arr) is None
