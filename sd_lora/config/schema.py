@@ -100,7 +100,9 @@ class OutputConfig:
     save_state_at_end: bool = _f(True, "Also save a resumable state when training ends, so a run can be extended "
                                        "later with a higher max_steps and train.resume = 'latest'.")
     log_with: Literal["auto", "tensorboard", "wandb", "none"] = _f(
-        "auto", "Experiment tracker through accelerate; auto: TensorBoard when installed, else none.")
+        "auto", "Experiment tracker through accelerate (loss, lr per group, grad norm, steps/s, validation loss, "
+                "sample grids), written under output.dir/logs; auto: TensorBoard when installed, else none. "
+                "wandb: run `wandb login` first, or set WANDB_MODE=offline and `wandb sync` later.")
 
     def validate(self) -> list[str]:
         problems = []

@@ -78,6 +78,10 @@ class LoRARecipe:
             self._resume(self.cfg.train.resume)
 
     def _check_environment(self) -> None:
+        log_with = self.cfg.output.log_with
+        if log_with in ("tensorboard", "wandb") and importlib.util.find_spec(log_with) is None:
+            raise SdLoraError(f"output.log_with = {log_with!r} but {log_with} is not installed; install it with "
+                              f"`pip install 'sd-lora[{log_with}]'`, or set output.log_with = 'none'")
         if self.cfg.train.attention == "xformers" and importlib.util.find_spec("xformers") is None:
             raise SdLoraError("train.attention = 'xformers' but xformers is not installed; "
                               "install it with `pip install 'sd-lora[xformers]'` or use attention = 'sdpa'")
@@ -241,7 +245,9 @@ class LoRARecipe:
 
             flat = {f"{s}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
                     for s, values in dump_dict(self.cfg).items() for k, v in values.items()}
-            self.accelerator.init_trackers("sd-lora", config=flat)
+            logs = self.out_dir / "logs"  # wandb's run folder goes beside TensorBoard's, not into the CWD
+            logs.mkdir(parents=True, exist_ok=True)
+            self.accelerator.init_trackers("sd-lora", config=flat, init_kwargs={"wandb": {"dir": str(logs)}})
 
     def _resume(self, resume: str) -> None:
         path = checkpoint.find_checkpoint(self.out_dir, resume)
@@ -425,20 +431,17 @@ class LoRARecipe:
         if not self.accelerator.is_main_process:
             return None
         path = render_samples(self.pipeline, self.cfg, self.family, self.state.global_step, self.out_dir / "samples")
-        tracker = self._tensorboard()
-        if tracker is not None:
+        if self.accelerator.log_with:
             import numpy as np
             from PIL import Image
 
-            tracker.log_images({"samples": np.asarray(Image.open(path))[None]}, step=self.state.global_step,
-                               dataformats="NHWC")
+            grid = np.asarray(Image.open(path).convert("RGB"))
+            for tracker in self.accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.log_images({"samples": grid[None]}, step=self.state.global_step, dataformats="NHWC")
+                elif tracker.name == "wandb":
+                    tracker.log_images({"samples": [grid]}, step=self.state.global_step)
         return path
-
-    def _tensorboard(self):
-        try:
-            return self.accelerator.get_tracker("tensorboard", unwrap=False) if self.accelerator.log_with else None
-        except (ValueError, KeyError):
-            return None
 
     def _export(self, path: Path):
         from sd_lora.formats import community_metadata, save_adapter
