@@ -11,8 +11,6 @@ from sd_lora.config.fields import option as _f
 
 __all__ = ["DataConfig", "SubsetConfig", "SUBSET_INHERITED"]
 
-
-
 # Keys a subset may set for itself; unset ones fall back to `[data]`.
 SUBSET_INHERITED = ("caption_extension", "class_tokens", "keep_tokens", "keep_tokens_separator", "shuffle_caption",
                     "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug", "random_crop")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from sd_lora.config.fields import option as _f
-from typing import Literal
 
 __all__ = ["TrainConfig", "SampleConfig", "OPTIMIZERS", "LR_SCHEDULERS"]
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-
 
 
 @dataclass

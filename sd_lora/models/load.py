@@ -124,8 +124,10 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
         from sd_lora.models.single_file import load_single_file_pipeline
 
         if quantize:
-            raise SdLoraError("model.quantize: not supported for single-file checkpoints; convert the checkpoint "
-                              "to a diffusers directory first (sd_lora.models.single_file / scripts/make_single_file.py)")
+            raise SdLoraError(
+                "model.quantize: not supported for single-file checkpoints; convert the checkpoint to a diffusers "
+                "directory first, offline: python -c \"from sd_lora.models.single_file import load_single_file_pipeline "
+                "as f; f('MODEL.safetensors')[0].save_pretrained('MODEL_DIR')\" and set model.pretrained to that folder")
         pipe, fam = load_single_file_pipeline(info.location, family=family, prediction_type=prediction_type,
                                               torch_dtype=torch_dtype, allow_pickle=allow_pickle)
         return pipe, BaseModelInfo(pretrained, info.location, fam, pipe.scheduler.config.prediction_type, True)
