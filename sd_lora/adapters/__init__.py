@@ -38,14 +38,22 @@ def build_peft_config(method: str, spec: AdapterSpec):
 def inject(model: torch.nn.Module, config, adapter_name: str = "default") -> int:
     """Freeze `model`, add the adapter in place (adapter weights fp32 and trainable); return modules adapted.
 
-    Uses the model's own `add_adapter` (diffusers/transformers PEFT integration) so that
-    `set_adapters`, `fuse_lora` and those libraries' save/load helpers see the adapter.
+    Injects through peft's own `inject_adapter_in_model`, not the models' `add_adapter`: transformers and
+    diffusers gate their integration layers on peft versions (transformers 5.24 refuses peft 0.21), while
+    peft itself does the job on any version. The model is then marked the way those integrations mark it
+    (`peft_config`, `_hf_peft_config_loaded`), so diffusers' `set_adapters`, `fuse_lora` and peft's state-dict
+    helpers see the adapter.
     """
+    from peft import inject_adapter_in_model
+
     model.requires_grad_(False)
+    if adapter_name in (getattr(model, "peft_config", None) or {}):
+        raise SdLoraError(f"network: the {type(model).__name__} already holds an adapter named {adapter_name!r}.")
     try:
-        model.add_adapter(config, adapter_name=adapter_name)
+        inject_adapter_in_model(config, model, adapter_name=adapter_name)
     except ValueError as e:
         raise SdLoraError(f"network: could not add the adapter to the {type(model).__name__}: {e}") from e
+    model._hf_peft_config_loaded = True
     count = 0
     for module in model.modules():
         params = _adapter_params(module, adapter_name)

@@ -2,9 +2,9 @@
 
 Formats: community LoRA / LoCon / LoHa (incl. Tucker) / LoKr / DoRA, diffusers' format, peft adapter
 directories. Everything is validated against the pipeline's models first (names, layer types, shapes,
-NaN) and reported as one SdLoraError; only then is the adapter injected. LoRA files diffusers can load
-go through `pipe.load_lora_weights`; DoRA / LoHa / LoKr / peft directories are injected with peft
-directly. If injection fails midway the adapter is removed again, so the pipeline is left unchanged.
+NaN) and reported as one SdLoraError; only then is the adapter injected, with peft directly (diffusers'
+`set_adapters` / `fuse_lora` work on the result). If injection fails midway the adapter is removed again,
+so the pipeline is left unchanged.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class ApplyReport:
     format: str
     adapter_type: str
     modules: dict[str, int]  # component -> layers adapted
-    route: str  # "diffusers" (load_lora_weights) or "peft"
 
     def summary(self) -> str:
         parts = ", ".join(f"{c} {n}" for c, n in self.modules.items())
@@ -139,44 +138,12 @@ def _components(pipe, family: str) -> dict[str, torch.nn.Module]:
     return {c: getattr(pipe, c) for c in FAMILY_PREFIXES[family] if getattr(pipe, c, None) is not None}
 
 
-def _with_explicit_alphas(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A missing alpha means scale 1 in every community loader; diffusers would use another module's alpha."""
-    out = dict(tensors)
-    for key, tensor in tensors.items():
-        if key.endswith(".lora_down.weight"):
-            alpha_key = key[: -len("lora_down.weight")] + "alpha"
-            out.setdefault(alpha_key, torch.tensor(float(tensor.shape[0])))
-    return out
-
-
-def _via_diffusers(pipe, adapter: AdapterFile, adapter_name: str) -> None:
-    source = _with_explicit_alphas(adapter.tensors) if adapter.format == "community" else str(adapter.path)
-    pipe.load_lora_weights(source, adapter_name=adapter_name)
-
-
-def _fix_scales(components, plan, adapter_name: str) -> None:
-    """Set each layer's alpha to the file's: diffusers 0.42 misnames some SD1 alpha patterns (attn2, text-encoder
-    attention) when alphas vary per module, which leaves those layers at the default alpha."""
-    for component, modules in plan.items():
-        named = dict(components[component].named_modules())
-        for path, params in modules.items():
-            layer = named[path]
-            rank = layer.r[adapter_name]
-            alpha = float(params["alpha"].item()) if "alpha" in params else float(rank)
-            if layer.lora_alpha[adapter_name] != alpha:
-                layer.lora_alpha[adapter_name] = alpha
-                layer.scaling[adapter_name] = alpha / rank
-
-
-def _apply(pipe, adapter: AdapterFile, plan, components, adapter_name: str) -> str:
-    if adapter.format in ("community", "diffusers") and adapter.adapter_type in ("lora", "locon"):
-        _via_diffusers(pipe, adapter, adapter_name)
-        if adapter.format == "community":
-            _fix_scales(components, plan, adapter_name)
-        return "diffusers"
+def _apply(adapter: AdapterFile, plan, components, adapter_name: str) -> None:
+    # Straight through peft, never the transformers/diffusers integration layers: their version gates refuse
+    # some peft/transformers pairs (transformers 5.24 wants peft >= 0.22), and diffusers' loader misreads SD1
+    # alphas that vary per module. peft's own config (rank/alpha patterns) recreates every module exactly.
     for component, modules in plan.items():
         inject(components[component], modules, adapter_name)
-    return "peft"
 
 
 def apply_adapter_file(pipe, path: str | Path, adapter_name: str, *, family: str | None = None,
@@ -193,7 +160,7 @@ def apply_adapter_file(pipe, path: str | Path, adapter_name: str, *, family: str
         raise SdLoraError(f"adapter name {adapter_name!r} is already used in {taken}; pick another name.")
     plan = plan_modules(adapter, components, family, pipe.unet.config)
     try:
-        route = _apply(pipe, adapter, plan, components, adapter_name)
+        _apply(adapter, plan, components, adapter_name)
         applied = {c: len(adapted_modules(components[c], adapter_name)) for c in plan}
         missing = {c: (applied[c], len(plan[c])) for c in plan if applied[c] != len(plan[c])}
         if missing:
@@ -206,4 +173,4 @@ def apply_adapter_file(pipe, path: str | Path, adapter_name: str, *, family: str
             raise
         raise SdLoraError(f"{adapter.path}: applying the adapter failed ({type(e).__name__}: {e}); "
                           "it was removed again.") from e
-    return ApplyReport(adapter_name, family, adapter.format, adapter.adapter_type, applied, route)
+    return ApplyReport(adapter_name, family, adapter.format, adapter.adapter_type, applied)

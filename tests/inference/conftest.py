@@ -27,15 +27,17 @@ def load_tiny(directory):
 
 def lora_state(unet, name: str, seed: int, rank: int = 4, scale: float = 1.0) -> dict[str, torch.Tensor]:
     """A random LoRA on `unet` as a diffusers state dict (`unet.`-free peft keys), removed again afterwards."""
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
+    from sd_lora.formats.peft_bridge import remove_adapter
+
     torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=False),
-                     adapter_name=name)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=False),
+                            unet, adapter_name=name)
     state = {k: v.detach().clone() * (scale if ".lora_B." in k else 1.0)
              for k, v in get_peft_model_state_dict(unet, adapter_name=name).items()}
-    unet.delete_adapters(name)
+    remove_adapter(unet, name)
     return state
 
 
@@ -48,14 +50,16 @@ def save_lora(directory, name: str, unet_state: dict, pipe_class=None) -> "Path"
 
 
 def text_encoder_lora_state(text_encoder, name: str, seed: int) -> dict[str, torch.Tensor]:
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
+    from sd_lora.formats.peft_bridge import remove_adapter
+
     torch.manual_seed(seed)
-    text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-                                        init_lora_weights=False), adapter_name=name)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+                                       init_lora_weights=False), text_encoder, adapter_name=name)
     state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(text_encoder, adapter_name=name).items()}
-    text_encoder.delete_adapter(name)
+    remove_adapter(text_encoder, name)
     return state
 
 
