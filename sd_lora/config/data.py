@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sd_lora.config.fields import finite_first
 from sd_lora.config.fields import option as _f
 
 __all__ = ["DataConfig", "SubsetConfig", "SUBSET_INHERITED"]
@@ -51,7 +52,7 @@ class SubsetConfig:
         if self.num_class_images and not self.is_reg:
             problems.append(f"{where}.num_class_images: only applies to a regularisation subset; set is_reg = true")
         problems += _check_caption_keys(self, where)
-        return problems
+        return finite_first(self, where, problems)
 
 
 def _check_caption_keys(cfg, where: str) -> list[str]:
@@ -135,7 +136,7 @@ class DataConfig:
                 problems.append(f"data.{name}: must be at least {minimum}, got {getattr(self, name)}")
         if self.cache_latents_to_disk and not self.cache_latents:
             problems.append("data.cache_latents_to_disk: needs cache_latents = true")
-        return problems
+        return finite_first(self, "data", problems)
 
     def _check_sizes(self) -> list[str]:
         problems = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sd_lora.config.data import DataConfig
+from sd_lora.config.fields import finite_first
 from sd_lora.config.fields import option as _f
 from sd_lora.config.train import SampleConfig, TrainConfig
 
@@ -83,7 +84,7 @@ class NetworkConfig:
         for flag in ("dora", "rslora"):
             if getattr(self, flag) and self.type != "lora":
                 problems.append(f"network.{flag}: only applies to type 'lora', not {self.type!r}")
-        return problems
+        return finite_first(self, "network", problems)
 
 
 @dataclass

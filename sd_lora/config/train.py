@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sd_lora.config.fields import finite_first
 from sd_lora.config.fields import option as _f
 
 __all__ = ["TrainConfig", "SampleConfig", "OPTIMIZERS", "LR_SCHEDULERS"]
@@ -66,7 +67,7 @@ class TrainConfig:
         if not self.min_timestep < self.max_timestep <= 1000:
             problems.append(f"train.max_timestep: must be > min_timestep ({self.min_timestep}) and <= 1000, "
                             f"got {self.max_timestep}")
-        return problems
+        return finite_first(self, "train", problems)
 
 
 @dataclass
@@ -93,4 +94,17 @@ class SampleConfig:
             value = getattr(self, name)
             if value is not None and (value < 8 or value % 8):
                 problems.append(f"sample.{name}: must be a positive multiple of 8, got {value}")
-        return problems
+        problems += _check_scheduler(self.scheduler)
+        return finite_first(self, "sample", problems)
+
+
+def _check_scheduler(name: str) -> list[str]:
+    # checked here, not at the first sample: a typo would otherwise stop the run with nothing saved
+    from sd_lora.errors import SdLoraError
+    from sd_lora.inference.schedulers import canonical_scheduler
+
+    try:
+        canonical_scheduler(name)
+    except SdLoraError as e:
+        return [f"sample.scheduler: {e}"]
+    return []

@@ -10,20 +10,36 @@ Public API (the training loop's samples use the first four):
 - PNG: `format_parameters`, `image_record`, `save_png`, `read_parameters`; prompts: `parse_prompt`, ...
 """
 
-from sd_lora.inference.adapters import AdapterSet, apply_adapter, lora_hash
-from sd_lora.inference.generate import (
-    GeneratedImage,
-    GenerationRequest,
-    UsedLora,
-    generate_images,
-    iter_images,
-    sweep_requests,
-)
-from sd_lora.inference.grid import make_grid
-from sd_lora.inference.pipeline import load_generation_pipeline, resolve_device
-from sd_lora.inference.png import format_parameters, image_record, read_parameters, save_png
-from sd_lora.inference.prompts import LoraRef, parse_lora_arg, parse_prompt, parse_seeds, read_prompt_file
-from sd_lora.inference.schedulers import SCHEDULERS, canonical_scheduler, scheduler_name, set_scheduler
+import importlib
+
+# name -> submodule. Imported on first use, so `sd_lora.inference.schedulers` (the config checks sampler
+# names with it) loads without torch and diffusers.
+_EXPORTS = {
+    "AdapterSet": "adapters", "apply_adapter": "adapters", "lora_hash": "adapters",
+    "GeneratedImage": "generate", "GenerationRequest": "generate", "UsedLora": "generate",
+    "generate_images": "generate", "iter_images": "generate", "sweep_requests": "generate",
+    "make_grid": "grid",
+    "load_generation_pipeline": "pipeline", "resolve_device": "pipeline",
+    "format_parameters": "png", "image_record": "png", "read_parameters": "png", "save_png": "png",
+    "LoraRef": "prompts", "parse_lora_arg": "prompts", "parse_prompt": "prompts", "parse_seeds": "prompts",
+    "read_prompt_file": "prompts",
+    "SCHEDULERS": "schedulers", "canonical_scheduler": "schedulers", "scheduler_name": "schedulers",
+    "set_scheduler": "schedulers",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AdapterSet", "GeneratedImage", "GenerationRequest", "LoraRef", "SCHEDULERS", "UsedLora", "apply_adapter",

@@ -41,7 +41,11 @@ def canonical_scheduler(name: str) -> str:
     """The display name for `name` (case, `_`/`-` and `dpmpp` spellings accepted) or a clear error."""
     found = _BY_KEY.get(_key(name))
     if found is None:
-        raise SdLoraError(f"scheduler {name!r} is unknown; choose one of: {', '.join(SCHEDULERS)}")
+        import difflib
+
+        close = difflib.get_close_matches(_key(name), list(_BY_KEY), n=1, cutoff=0.6)
+        hint = f" (did you mean {_BY_KEY[close[0]]!r}?)" if close else ""
+        raise SdLoraError(f"scheduler {name!r} is unknown{hint}; choose one of: {', '.join(SCHEDULERS)}")
     return found
 
 
