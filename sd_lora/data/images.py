@@ -7,6 +7,7 @@ decoded at full size (JPEGs are decoded at a reduced scale through Pillow's draf
 from __future__ import annotations
 
 import math
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -40,18 +41,30 @@ class ImageInfo:
 
 
 def probe_image(path: Path) -> ImageInfo:
-    """Read the header only; raise BadImage for empty, non-image, truncated or oversized files."""
-    size = path.stat().st_size
+    """Read the header only; raise BadImage for empty, non-image, truncated, oversized or unreadable files.
+
+    No pixel data is decoded for a good file, so rejecting a huge image costs nothing (PNG orientation is
+    read from the eXIf chunk directly: Pillow's `getexif()` decodes the whole image to find it).
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise BadImage(f"a broken symbolic link (it points to {os.readlink(path)}, which does not exist); "
+                           "fix or remove the link") from None
+        raise BadImage("disappeared during the scan") from None
+    except OSError as e:
+        raise BadImage(f"cannot be read ({e.strerror or e})") from None
     if size == 0:
         raise BadImage("empty file (0 bytes)")
     with _open(path) as im:
         fmt = im.format or "?"
         width, height = im.size
-        orientation = _orientation(im)
-    too_big = width * height > MAX_DECODE_PIXELS
-    if too_big and not (fmt == "JPEG" and width * height <= MAX_DECODE_PIXELS * _JPEG_MAX_DRAFT_SCALE ** 2):
-        raise BadImage(f"too large to decode safely ({width}x{height} = {width * height / 1e6:.0f} MP, limit "
-                       f"{MAX_DECODE_PIXELS / 1e6:.0f} MP); downscale it first")
+        too_big = width * height > MAX_DECODE_PIXELS
+        if too_big and not (fmt == "JPEG" and width * height <= MAX_DECODE_PIXELS * _JPEG_MAX_DRAFT_SCALE ** 2):
+            raise BadImage(f"too large to decode safely ({width}x{height} = {width * height / 1e6:.0f} MP, limit "
+                           f"{MAX_DECODE_PIXELS / 1e6:.0f} MP); downscale it first")
+        orientation = _png_orientation(path) if fmt == "PNG" else _orientation(im)
     suspect = _tail_problem(path, fmt, size)
     if suspect:
         _confirm_by_decoding(path, suspect)
@@ -120,6 +133,8 @@ def _open(path: Path) -> Image.Image:
             return Image.open(path)
     except Image.DecompressionBombError as e:
         raise BadImage(f"too large to decode safely ({e})") from e
+    except PermissionError as e:
+        raise BadImage(f"cannot be read ({e.strerror}); fix its permissions or remove it") from None
     except UnidentifiedImageError as e:
         raise BadImage("not an image Pillow can read (is it a different file type with an image extension?)") from e
     except (OSError, SyntaxError, ValueError, struct.error) as e:
@@ -129,6 +144,28 @@ def _open(path: Path) -> Image.Image:
 def _orientation(im: Image.Image) -> int:
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a corrupt EXIF block must not reject an otherwise good image
+        return 1
+
+
+def _png_orientation(path: Path) -> int:
+    """The EXIF orientation of a PNG from its eXIf chunk, found by walking the chunk headers (no decoding)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return 1
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return 1
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IEND":
+                    return 1
+                if kind == b"eXIf":
+                    exif = Image.Exif()
+                    exif.load(f.read(length))
+                    return int(exif.get(_EXIF_ORIENTATION, 1))
+                f.seek(length + 4, os.SEEK_CUR)  # data + CRC
     except Exception:  # a corrupt EXIF block must not reject an otherwise good image
         return 1
 

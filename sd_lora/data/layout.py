@@ -37,8 +37,21 @@ class SubsetSpec:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name (case-insensitive extension match)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files directly inside `folder`, sorted by name (case-insensitive extension match).
+
+    Broken symbolic links with an image extension are listed too, so the scan names and skips them
+    instead of dropping them silently. Raises OSError (e.g. PermissionError) when the folder cannot be read.
+    """
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or (p.is_symlink() and not p.exists())))
+
+
+def _entries(folder: Path, where: str) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise SdLoraError(f"{where} {str(folder)!r} cannot be read ({e.strerror or e}); fix its permissions "
+                          "(e.g. chmod -R u+rX) or point the config at another folder") from None
 
 
 def resolve_subsets(cfg: DataConfig) -> list[SubsetSpec]:
@@ -81,7 +94,7 @@ def _expand_dir(cfg: DataConfig, folder: Path, where: str, is_reg: bool, may_be_
             return [_spec(cfg, SubsetConfig(dir=str(folder), is_reg=is_reg), folder, where, folder.name)]
         raise SdLoraError(f"{where} {str(folder)!r} does not exist or is not a folder; set {where} to the folder "
                           "of your images (relative paths are relative to the config file)")
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subfolders = sorted(p for p in _entries(folder, where) if p.is_dir() and not p.name.startswith("."))
     direct = list_images(folder)
     specs = []
     if direct or not subfolders:

@@ -2,6 +2,9 @@
 
 `scan_dataset` runs before any model loads, so a missing folder, an empty dataset or a broken metadata
 file fails in milliseconds. No pixel data is decoded here.
+
+Warnings are collected in `ScanReport.warnings` (the caller prints them, once) and only logged at INFO
+level, so a run never shows the same warning twice.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ __all__ = ["ImageRecord", "SubsetScan", "ScanReport", "scan_dataset", "read_meta
 
 log = logging.getLogger("sd_lora.data")
 _EXAMPLES = 3  # file names quoted in a summary warning
+_LISTED = 20  # skipped files listed one per line with their reason
+# Encodings tried for a caption file that is not UTF-8 (Windows-1252 is what Windows editors write; Latin-1
+# decodes any byte, so the last one never fails).
+_FALLBACK_ENCODINGS = ("cp1252", "latin-1")
 
 
 @dataclass(frozen=True)
@@ -61,19 +68,19 @@ class ScanReport:
 def scan_dataset(cfg: DataConfig) -> ScanReport:
     """Find every usable image of every subset; raise SdLoraError when there is nothing to train on."""
     report = ScanReport(subsets=[])
-    report.subsets = [_scan_subset(spec, report) for spec in resolve_subsets(cfg)]
-    report.validation = [_scan_subset(spec, report) for spec in resolve_validation(cfg)]
+    min_side = max(1, cfg.resolution // 4)
+    report.subsets = [_scan_subset(spec, report, min_side) for spec in resolve_subsets(cfg)]
+    report.validation = [_scan_subset(spec, report, min_side) for spec in resolve_validation(cfg)]
     if report.skipped:
-        _warn(report, f"skipped {len(report.skipped)} unusable image file(s): "
-                      + ", ".join(p.name for p, _ in report.skipped[:_EXAMPLES])
-                      + (" ..." if len(report.skipped) > _EXAMPLES else ""))
+        _warn(report, _skipped_message(report.skipped))
     _summarise_captions(report)
     if report.train_images == 0:
         folders = ", ".join(sorted({str(s.spec.dir) for s in report.subsets if not s.spec.is_reg})) or "(none)"
+        found = "".join(f"\n  {w}" for w in report.warnings)
+        skipped = f" ({len(report.skipped)} file(s) skipped)" if report.skipped else ""
         raise SdLoraError(
-            f"no usable training images in {folders}"
-            + (f" ({len(report.skipped)} file(s) skipped, see the warnings above)" if report.skipped else "")
-            + f"; put {'/'.join(IMAGE_EXTENSIONS)} images with same-stem caption files there")
+            f"no usable training images in {folders}{skipped}; put {'/'.join(IMAGE_EXTENSIONS)} images with "
+            f"same-stem caption files there" + (f". What the scan found:{found}" if found else ""))
     if cfg.validation_split > 0 and report.train_images < 2:
         raise SdLoraError(f"data.validation_split = {cfg.validation_split} needs at least 2 training images to hold "
                           f"one out, found {report.train_images}; set it to 0 or add images")
@@ -87,10 +94,31 @@ def scan_dataset(cfg: DataConfig) -> ScanReport:
     return report
 
 
+def _skipped_message(skipped: list[tuple[Path, str]]) -> str:
+    lines = [f"  {p}: {why}" for p, why in skipped[:_LISTED]]
+    if len(skipped) > _LISTED:
+        lines.append(f"  ... and {len(skipped) - _LISTED} more")
+    return f"skipped {len(skipped)} unusable image file(s):\n" + "\n".join(lines)
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SdLoraError(f"{path}: cannot read the {what} ({e.strerror or e}); fix its permissions or "
+                          "remove it") from None
+
+
 def read_metadata(path: Path) -> dict[Path, str]:
     """HF imagefolder metadata.jsonl -> {image path: caption}; a broken line is an error naming its number."""
     entries: dict[Path, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    raw = _read_bytes(path, "metadata file")
+    for lineno, blob in enumerate(raw.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        try:
+            line = blob.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SdLoraError(f"{path}:{lineno}: not UTF-8 text (byte 0x{blob[e.start]:02x} at column {e.start + 1}); "
+                              "JSON lines must be UTF-8: re-save the file as UTF-8") from None
         if not line.strip():
             continue
         try:
@@ -106,11 +134,16 @@ def read_metadata(path: Path) -> dict[Path, str]:
     return entries
 
 
-def _scan_subset(spec: SubsetSpec, report: ScanReport) -> SubsetScan:
+def _scan_subset(spec: SubsetSpec, report: ScanReport, min_side: int = 1) -> SubsetScan:
     if not spec.dir.is_dir():  # a regularisation folder that class-image generation will create
         return SubsetScan(spec, [])
+    try:
+        paths = list_images(spec.dir)
+    except OSError as e:
+        _warn(report, f"{spec.where}: skipped the folder {spec.dir}: it cannot be read ({e.strerror or e}); fix its "
+                      "permissions (e.g. chmod -R u+rX) to train on its images")
+        return SubsetScan(spec, [])
     metadata = _metadata_for(spec)
-    paths = list_images(spec.dir)
     known = {p.resolve() for p in paths}
     missing = [p for p in metadata if p not in known and not p.is_file()]
     if missing:
@@ -121,11 +154,16 @@ def _scan_subset(spec: SubsetSpec, report: ScanReport) -> SubsetScan:
     for path in paths:
         try:
             info = probe_image(path)
+            if min(info.width, info.height) < min_side:
+                raise BadImage(f"too small ({info.width}x{info.height}): a side is below a quarter of data.resolution "
+                               f"({min_side} px), so it would be upscaled "
+                               f"{max(min_side * 4 / info.width, min_side * 4 / info.height):.0f}x; use a larger "
+                               "image or remove it")
+            caption, source = _caption_for(path, spec, metadata, report)
         except BadImage as e:
-            log.warning("skipping %s: %s", path, e)
+            log.info("skipping %s: %s", path, e)
             report.skipped.append((path, str(e)))
             continue
-        caption, source = _caption_for(path, spec, metadata)
         records.append(ImageRecord(path, caption, source, info.width, info.height))
     return SubsetScan(spec, records)
 
@@ -137,11 +175,12 @@ def _metadata_for(spec: SubsetSpec) -> dict[Path, str]:
     return read_metadata(path) if path.is_file() else {}
 
 
-def _caption_for(path: Path, spec: SubsetSpec, metadata: dict[Path, str]) -> tuple[str, str]:
+def _caption_for(path: Path, spec: SubsetSpec, metadata: dict[Path, str],
+                 report: ScanReport | None = None) -> tuple[str, str]:
     """Caption file, then metadata.jsonl, then the subset's class tokens, then empty."""
     caption_file = path.with_suffix(spec.caption_extension)
     if caption_file.is_file():
-        text = caption_file.read_text(encoding="utf-8-sig", errors="replace")
+        text = _read_caption(caption_file, report)
         return " ".join(line.strip() for line in text.splitlines() if line.strip()), "file"
     text = metadata.get(path.resolve())
     if text is not None:
@@ -149,6 +188,32 @@ def _caption_for(path: Path, spec: SubsetSpec, metadata: dict[Path, str]) -> tup
     if spec.class_tokens:
         return spec.class_tokens, "class_tokens"
     return "", "none"
+
+
+def _read_caption(path: Path, report: ScanReport | None) -> str:
+    """UTF-8 (with or without BOM); other text is decoded as Windows-1252 with a warning naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BadImage(f"its caption file {path.name} cannot be read ({e.strerror or e}); fix its permissions") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        first_bad = e.start
+    for encoding in _FALLBACK_ENCODINGS:
+        try:
+            text = raw.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    shown = " ".join(text.split())
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    message = (f"caption {path} is not UTF-8 (byte 0x{raw[first_bad]:02x} at offset {first_bad}); read it as "
+               f"{'Windows-1252' if encoding == 'cp1252' else 'Latin-1'}: {shown!r}; re-save it as UTF-8 if that "
+               "is not the intended text")
+    if report is not None:
+        _warn(report, message)
+    return text
 
 
 def _summarise_captions(report: ScanReport) -> None:
@@ -164,5 +229,5 @@ def _summarise_captions(report: ScanReport) -> None:
 
 
 def _warn(report: ScanReport, message: str) -> None:
-    log.warning(message)
+    log.info(message)
     report.warnings.append(message)

@@ -81,7 +81,7 @@ def test_caption_fallback_order(tmp_path, noise_image):
             {"file_name": "sub/nested.png", "text": "nested via metadata"},
             {"file_name": "missing.png", "text": "no such file"}]
     (d / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    scan = scan_dataset(DataConfig(dir=str(d), class_tokens="fallback"))
+    scan = scan_dataset(DataConfig(dir=str(d), resolution=32, class_tokens="fallback"))
     got = {r.path.name: (r.caption, r.caption_source) for r in scan.subsets[0].records}
     assert got == {"file.png": ("from file", "file"), "meta.png": ("from metadata", "metadata"),
                    "none.png": ("fallback", "class_tokens"), "nested.png": ("nested via metadata", "metadata")}
@@ -93,5 +93,5 @@ def test_flat_folder_ignores_unrelated_subfolders(tmp_path, noise_image):
     d = tmp_path / "data"
     noise_image(d / "a.png", 32, 32)
     noise_image(d / "originals" / "raw.png", 32, 32)
-    scan = scan_dataset(DataConfig(dir=str(d)))
+    scan = scan_dataset(DataConfig(dir=str(d), resolution=32))
     assert [r.path.name for s in scan.subsets for r in s.records] == ["a.png"]

@@ -56,7 +56,7 @@ def test_regularisation_folder_is_created_when_missing(tmp_path, noise_image):
 
 def test_generation_without_a_prompt_fails_before_any_model(tmp_path, noise_image):
     noise_image(tmp_path / "data" / "a.png", 32, 32)
-    cfg = DataConfig(dir=str(tmp_path / "data"),
+    cfg = DataConfig(dir=str(tmp_path / "data"), resolution=32,
                      subsets=[SubsetConfig(dir=str(tmp_path / "reg"), is_reg=True, num_class_images=2)])
     with pytest.raises(SdLoraError, match="class images must be generated but no prompt"):
         scan_dataset(cfg)
