@@ -17,6 +17,10 @@ SUBCOMMANDS = {
     "inspect": "inspect",
     "convert": "convert",
     "make-tiny": "make_tiny",
+    "merge": "merge",
+    "resize": "resize",
+    "extract": "extract",
+    "bake": "bake",
 }
 
 

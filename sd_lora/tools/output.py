@@ -1,0 +1,145 @@
+"""Write a tool's result as a community adapter file: full metadata, hashes, atomic, read back and checked.
+
+Like `formats.export.save_adapter` (what `train` uses), but from neutral weights instead of peft layers:
+the bytes are serialized with their hashes, written to a temporary file beside the target, read back through
+sd-lora's reader, and compared module by module (and, when models are given, validated against them) before
+the rename. Anything wrong, including a full disk, leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sd_lora.errors import SdLoraError
+from sd_lora.fileio import atomic_path
+from sd_lora.formats.community import AdapterWeights, adapter_type, from_community, to_community
+from sd_lora.formats.export import weights_facts
+from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, minimum_metadata, serialize_with_hashes, unet_layout
+from sd_lora.formats.safetensors_io import read_tensor_file
+
+__all__ = ["WriteReport", "write_adapter", "check_output_path", "parse_precision", "TOOL_KEY"]
+
+TOOL_KEY = "sd_lora.tool"  # JSON: which tool made the file, from what, with which options
+_DROP = {*HASH_KEYS, "lora_adapter_metadata", "sd_lora.community", "ss_network_module", "ss_network_dim",
+         "ss_network_alpha", "modelspec.date", "modelspec.title", TOOL_KEY}
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "float": torch.float32,
+              "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class WriteReport:
+    path: Path
+    adapter_type: str
+    modules: dict[str, int]  # component -> modules written (and read back)
+    bytes: int
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{c} {n}" for c, n in self.modules.items())
+        return f"wrote {self.path} ({self.adapter_type}, {parts} modules, {self.bytes / 2**20:.1f} MiB), read back whole"
+
+
+def parse_precision(value) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return PRECISIONS[str(value)]
+    except KeyError:
+        raise SdLoraError(f"unknown precision {value!r}; expected fp16, bf16 or fp32") from None
+
+
+def check_output_path(out, inputs) -> Path:
+    """The output path, refused when it is one of the inputs (the result would replace what it is read from)."""
+    out = Path(out)
+    for src in inputs:
+        src = Path(src)
+        if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
+            raise SdLoraError(f"{out}: the output path is also an input; write to another file.")
+    if out.is_dir():
+        raise SdLoraError(f"{out}: is a directory; give a .safetensors file name.")
+    return out
+
+
+def _cast(weights: AdapterWeights, dtype: torch.dtype) -> AdapterWeights:
+    return {c: {p: {k: v.detach().to("cpu", dtype).contiguous() for k, v in params.items()}
+                for p, params in modules.items()} for c, modules in weights.items() if modules}
+
+
+def _metadata(weights: AdapterWeights, family: str, unet_config, inherited: dict, info: dict,
+              tool: dict, comment: str | None) -> dict[str, str]:
+    facts = weights_facts(weights)
+    derived = minimum_metadata({"family": family, **facts, **info})
+    meta = {k: v for k, v in (inherited or {}).items() if k not in _DROP and not k.startswith("sd_lora.")}
+    try:
+        args = json.loads(meta.get("ss_network_args") or "{}")
+    except json.JSONDecodeError:
+        args = {}
+    args = {k: v for k, v in args.items() if k not in ("conv_dim", "conv_alpha", "algo", "dora_wd")}
+    meta.update(derived)
+    meta["ss_network_args"] = json.dumps({**args, **json.loads(derived["ss_network_args"])}, sort_keys=True)
+    if comment:
+        old = meta.get("ss_training_comment")
+        meta["ss_training_comment"] = f"{comment}; {old}" if old and old != "None" else comment
+    meta[TOOL_KEY] = json.dumps(tool, sort_keys=True)
+    if family == "sdxl":
+        meta[LAYOUT_KEY] = json.dumps(unet_layout(unet_config), sort_keys=True)
+    return meta
+
+
+def _check_space(path: Path, need: int) -> None:
+    free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+    if free < need + (1 << 20):
+        raise SdLoraError(f"{path}: not enough disk space ({need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB "
+                          "free); nothing was written.")
+
+
+def _read_back(tmp: Path, path: Path, weights: AdapterWeights, family: str, unet_config, components) -> dict:
+    tensors, _ = read_tensor_file(tmp)
+    back, problems = from_community(tensors, family, unet_config)
+    wrong = list(problems)
+    for component, modules in weights.items():
+        for module, params in modules.items():
+            got = back.get(component, {}).get(module)
+            if got is None or set(got) != set(params) or not all(torch.equal(got[k], v) for k, v in params.items()):
+                wrong.append(f"{component}.{module}")
+    if components:
+        from sd_lora.formats.validate import resolve_modules
+
+        wrong += resolve_modules(back, components)[1]
+    if wrong:
+        raise SdLoraError(f"{path}: the written file does not read back as written ({len(wrong)} module(s), e.g. "
+                          f"{wrong[:3]}); it was not kept.")
+    return {c: len(m) for c, m in back.items()}
+
+
+def write_adapter(path, weights: AdapterWeights, family: str, unet_config, *, save_precision="fp16",
+                  inherited: dict | None = None, info: dict | None = None, tool: dict | None = None,
+                  comment: str | None = None, components: dict | None = None) -> WriteReport:
+    """Write `weights` (neutral layout) as a community file at `path`, atomically; returns what was written.
+
+    `inherited`: metadata of an input to carry over (ss_* training facts, recipe); `info`: extra
+    `minimum_metadata` facts (prediction_type, title); `tool`: recorded as JSON under `TOOL_KEY`;
+    `comment`: prepended to ss_training_comment; `components`: models to validate the file against.
+    """
+    path = Path(path)
+    weights = _cast(weights, parse_precision(save_precision))
+    if not weights:
+        raise SdLoraError(f"{path}: no modules to write.")
+    info = {"title": path.stem, **(info or {})}
+    meta = _metadata(weights, family, unet_config, inherited or {}, info, tool or {}, comment)
+    blob = serialize_with_hashes(to_community(weights, family, unet_config), meta)
+    _check_space(path, len(blob))
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(blob)
+            modules = _read_back(tmp, path, weights, family, unet_config, components)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise SdLoraError(f"{path}: the disk filled up while writing; nothing was written.") from None
+        raise SdLoraError(f"{path}: could not write the file ({e}); nothing was written.") from None
+    return WriteReport(path, adapter_type(weights), modules, len(blob))
