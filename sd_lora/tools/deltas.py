@@ -21,7 +21,7 @@ from sd_lora.formats.detect import FAMILY_NAMES
 from sd_lora.formats.lycoris import delta_weight
 
 __all__ = ["AdapterInput", "read_adapter", "module_shape", "module_delta", "lora_factors", "is_lora_module",
-           "kernel_of", "FAMILIES"]
+           "kernel_of", "prediction_of", "FAMILIES"]
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 _CONV3 = re.compile(r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv|^conv_in|^conv_out)$")
@@ -75,6 +75,12 @@ def read_adapter(path, family: str | None = None, unet_config=None, allow_pickle
     if not any(weights.values()):
         raise SdLoraError(f"{path}: the file holds no adapter modules.")
     return AdapterInput(path, family, layout, adapter.adapter_type, adapter.format, weights, dict(adapter.metadata))
+
+
+def prediction_of(metadata: dict) -> str:
+    """'v_prediction' when an adapter's metadata says its base is a v-prediction model, else 'epsilon'."""
+    v = metadata.get("modelspec.prediction_type") == "v" or metadata.get("ss_base_model_version", "").endswith("_v")
+    return "v_prediction" if v else "epsilon"
 
 
 def is_lora_module(params: dict) -> bool:

@@ -19,7 +19,9 @@ import torch
 
 from sd_lora.errors import SdLoraError
 from sd_lora.formats.detect import FAMILY_NAMES
-from sd_lora.tools.deltas import AdapterInput, is_lora_module, kernel_of, lora_factors, module_delta, module_shape, read_adapter
+from sd_lora.tools.deltas import (
+    AdapterInput, is_lora_module, kernel_of, lora_factors, module_delta, module_shape, prediction_of, read_adapter,
+)
 from sd_lora.tools.output import WriteReport, check_output_path, write_adapter
 from sd_lora.tools.svd import dense_svd, factor_svd, to_lora_params
 
@@ -165,14 +167,6 @@ def merge_weights(inputs, method: str = "concat", rank: int | None = None, conv_
     return out, sum(1 for parts in gathered.values() if len(parts) > 1)
 
 
-def _prediction(inputs) -> str:
-    for adapter, _ in inputs:
-        m = adapter.metadata
-        if m.get("modelspec.prediction_type") == "v" or m.get("ss_base_model_version", "").endswith("_v"):
-            return "v_prediction"
-    return "epsilon"
-
-
 def merge_adapters(inputs, output, *, method: str = "concat", rank: int | None = None, conv_rank: int | None = None,
                    family: str | None = None, model=None, save_precision="fp16", allow_pickle: bool = False,
                    progress=None) -> MergeReport:
@@ -197,6 +191,6 @@ def merge_adapters(inputs, output, *, method: str = "concat", rank: int | None =
         tool.update(rank=rank, conv_rank=conv_rank or rank)
     comment = f"merged ({method}) from " + ", ".join(f"{Path(p).name} x{w:g}" for p, w in sources)
     written = write_adapter(output, weights, first.family, first.unet_config, save_precision=save_precision,
-                            info={"prediction_type": _prediction(read)}, tool=tool, comment=comment,
+                            info={"prediction_type": prediction_of(read[0][0].metadata)}, tool=tool, comment=comment,
                             components=base.components if base is not None else None)
     return MergeReport(method, sources, sum(len(m) for m in weights.values()), shared, written)

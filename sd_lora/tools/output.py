@@ -71,7 +71,7 @@ def _cast(weights: AdapterWeights, dtype: torch.dtype) -> AdapterWeights:
 
 
 def _metadata(weights: AdapterWeights, family: str, unet_config, inherited: dict, info: dict,
-              tool: dict, comment: str | None) -> dict[str, str]:
+              tool: dict, comment: str | None, overrides: dict | None = None) -> dict[str, str]:
     facts = weights_facts(weights)
     derived = minimum_metadata({"family": family, **facts, **info})
     meta = {k: v for k, v in (inherited or {}).items() if k not in _DROP and not k.startswith("sd_lora.")}
@@ -86,6 +86,7 @@ def _metadata(weights: AdapterWeights, family: str, unet_config, inherited: dict
         old = meta.get("ss_training_comment")
         meta["ss_training_comment"] = f"{comment}; {old}" if old and old != "None" else comment
     meta[TOOL_KEY] = json.dumps(tool, sort_keys=True)
+    meta.update(overrides or {})
     if family == "sdxl":
         meta[LAYOUT_KEY] = json.dumps(unet_layout(unet_config), sort_keys=True)
     return meta
@@ -119,19 +120,21 @@ def _read_back(tmp: Path, path: Path, weights: AdapterWeights, family: str, unet
 
 def write_adapter(path, weights: AdapterWeights, family: str, unet_config, *, save_precision="fp16",
                   inherited: dict | None = None, info: dict | None = None, tool: dict | None = None,
-                  comment: str | None = None, components: dict | None = None) -> WriteReport:
+                  comment: str | None = None, components: dict | None = None,
+                  overrides: dict[str, str] | None = None) -> WriteReport:
     """Write `weights` (neutral layout) as a community file at `path`, atomically; returns what was written.
 
     `inherited`: metadata of an input to carry over (ss_* training facts, recipe); `info`: extra
     `minimum_metadata` facts (prediction_type, title); `tool`: recorded as JSON under `TOOL_KEY`;
-    `comment`: prepended to ss_training_comment; `components`: models to validate the file against.
+    `comment`: prepended to ss_training_comment; `components`: models to validate the file against;
+    `overrides`: metadata values that win over everything else.
     """
     path = Path(path)
     weights = _cast(weights, parse_precision(save_precision))
     if not weights:
         raise SdLoraError(f"{path}: no modules to write.")
     info = {"title": path.stem, **(info or {})}
-    meta = _metadata(weights, family, unet_config, inherited or {}, info, tool or {}, comment)
+    meta = _metadata(weights, family, unet_config, inherited or {}, info, tool or {}, comment, overrides)
     blob = serialize_with_hashes(to_community(weights, family, unet_config), meta)
     _check_space(path, len(blob))
     try:

@@ -95,13 +95,13 @@ def retained_fro(s: torch.Tensor, k: int) -> float:
 
 def to_lora_params(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int, shape: tuple[int, ...],
                    scale: float = 1.0, clamp_quantile: float | None = None) -> dict[str, torch.Tensor]:
-    """LoRA / LoCon tensors of rank `k` for a weight of `shape`: up = U·S / scale, down = Vh, alpha = scale·k.
+    """LoRA / LoCon tensors of rank `k` for a weight of `shape`: up = U·S, down = Vh, alpha = scale·k.
 
-    So the module's ΔW = (alpha / k)·up@down is the rank-k truncation. `clamp_quantile` (as kohya's extract)
+    (U, S, Vh) is the SVD of the delta without its scale, so ΔW = (alpha / k)·up@down = scale·(rank-k truncation). `clamp_quantile` (as kohya's extract)
     clips both factors to that quantile of their absolute values.
     """
     k = max(1, min(k, len(s)))
-    up = (u[:, :k] * s[:k]) / scale
+    up = u[:, :k] * s[:k]
     down = vh[:k]
     if clamp_quantile is not None and clamp_quantile < 1:
         values = torch.cat([up.flatten(), down.flatten()]).abs()

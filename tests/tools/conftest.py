@@ -107,3 +107,23 @@ def delta(params: dict[str, torch.Tensor]) -> torch.Tensor:
     rank = down.shape[0]
     scale = float(params["alpha"]) / rank if "alpha" in params else 1.0
     return scale * up.flatten(1) @ down.flatten(1)
+
+
+def with_spectrum(src, dst, module: str, spectrum, seed: int = 0):
+    """Copy adapter file `src` to `dst` with `module` replaced by up @ down of exactly these singular values
+    (orthonormal U, V; alpha = rank, so scale 1)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    with safe_open(str(src), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    up, down = tensors[f"{module}.lora_up.weight"], tensors[f"{module}.lora_down.weight"]
+    assert up.ndim == 2 and up.shape[1] == len(spectrum)
+    u = torch.linalg.qr(torch.randn(up.shape[0], len(spectrum), generator=g))[0]
+    v = torch.linalg.qr(torch.randn(down.shape[1], len(spectrum), generator=g))[0]
+    tensors[f"{module}.lora_up.weight"] = (u * torch.tensor(spectrum)).contiguous()
+    tensors[f"{module}.lora_down.weight"] = v.T.contiguous()
+    tensors[f"{module}.alpha"] = torch.tensor(float(len(spectrum)))
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
