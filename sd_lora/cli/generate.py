@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import os
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from sd_lora.errors import SdLoraError
 
@@ -44,43 +48,108 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt adapter files (runs code in them)")
 
 
-def _seeds(args) -> list[int]:
-    from sd_lora.inference import parse_seeds
+_CLIP_SKIP_MAX = 12  # AUTOMATIC1111's range (CLIP ViT-L has 12 layers); the model's own count is checked too
+_GRID_MAX = 256  # images kept for the contact sheet; a longer run writes its images without one
+
+
+def _seed_ranges(args) -> list[range]:
+    from sd_lora.inference.prompts import parse_seed_ranges
 
     if args.seed is None:
-        return [int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF]
-    return parse_seeds(args.seed)
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        return [range(seed, seed + 1)]
+    return parse_seed_ranges(args.seed)
 
 
 def _specs(args):
-    from sd_lora.inference.prompts import PromptSpec, read_prompt_file
+    from sd_lora.inference.prompts import PromptSpec, parse_prompt, read_prompt_file
 
     specs = [PromptSpec(p) for p in args.prompt]
     if args.prompt_file:
         specs += read_prompt_file(args.prompt_file)
     if not specs:
         raise SdLoraError("give at least one --prompt or a --prompt-file")
+    for spec in specs:
+        parse_prompt(spec.prompt)  # malformed <lora:...> tags fail before the model loads
+        if spec.guidance is not None and not math.isfinite(spec.guidance):
+            raise SdLoraError(f"prompt {spec.prompt!r}: guidance {spec.guidance!r} is not a finite number")
     return specs
 
 
-def _requests(args, global_loras) -> list:
-    from sd_lora.inference import GenerationRequest
-
-    seeds, n = _seeds(args), args.images_per_prompt
-    if n < 1 or args.batch_size < 1:
+def _check_args(args) -> None:
+    """Everything about the command line that can be wrong, before any model loads."""
+    for flag, value in (("--width", args.width), ("--height", args.height)):
+        if value is not None and (value <= 0 or value % 8):
+            raise SdLoraError(f"{flag} {value} is not a positive multiple of 8; use e.g. {max(8, value // 8 * 8)}")
+    if not math.isfinite(args.guidance):
+        raise SdLoraError(f"--guidance {args.guidance!r} is not a finite number; use e.g. 7")
+    if args.steps < 1:
+        raise SdLoraError(f"--steps must be at least 1, got {args.steps}")
+    if args.images_per_prompt < 1 or args.batch_size < 1:
         raise SdLoraError("--images-per-prompt and --batch-size must be at least 1")
-    requests = []
-    for spec in _specs(args):
-        base = [spec.seed] if spec.seed is not None else seeds
-        for seed in base:
-            for k in range(n):
-                requests.append(GenerationRequest(
-                    prompt=spec.prompt, seed=seed + k,
-                    negative_prompt=args.negative_prompt if spec.negative_prompt is None else spec.negative_prompt,
-                    steps=spec.steps or args.steps, guidance=args.guidance if spec.guidance is None else spec.guidance,
-                    width=spec.width or args.width, height=spec.height or args.height,
-                    loras=list(global_loras) + list(spec.loras), clip_skip=args.clip_skip))
-    return requests
+    if args.clip_skip is not None and not 1 <= args.clip_skip <= _CLIP_SKIP_MAX:
+        raise SdLoraError(f"--clip-skip {args.clip_skip} is out of range; use 1 (last layer, the default) to "
+                          f"{_CLIP_SKIP_MAX}, AUTOMATIC1111's count (2 = penultimate)")
+
+
+def _sweep_scales(args) -> list[float]:
+    from sd_lora.inference.prompts import check_weight
+
+    scales = []
+    for text in args.sweep_scales.split(","):
+        try:
+            scales.append(check_weight(float(text), "--sweep-scales"))
+        except ValueError:
+            raise SdLoraError(f"--sweep-scales: {text.strip()!r} is not a number; write e.g. 0,0.5,1") from None
+    return scales
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder sd-lora can write to; found out now, not after the model loaded. Nothing is
+    created here (the folder is made when the first image is saved)."""
+    if out.exists() and not out.is_dir():
+        raise SdLoraError(f"--out {out} is a file, not a folder; give a folder (it is created if missing)")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SdLoraError(f"--out {out}: {existing} is a file, so the folder cannot be created; choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise SdLoraError(f"--out {out}: cannot write to {existing} ({e.strerror or e}); choose a folder you can "
+                          "write to") from None
+
+
+def _requests(args, specs, ranges, global_loras) -> tuple[int, Iterator, list]:
+    """(number of images, a generator of the requests, one request per prompt): a seed range is never
+    expanded into a list."""
+    from sd_lora.inference import GenerationRequest
+    from sd_lora.inference.prompts import SEED_MAX
+
+    n = args.images_per_prompt
+    top = max(r[-1] for r in ranges) + n - 1
+    if top > SEED_MAX:
+        raise SdLoraError(f"--seed with --images-per-prompt {n} reaches seed {top}, above the largest seed {SEED_MAX}")
+    count = sum((1 if spec.seed is not None else sum(len(r) for r in ranges)) * n for spec in specs)
+
+    def request(spec, seed):
+        return GenerationRequest(
+            prompt=spec.prompt, seed=seed,
+            negative_prompt=args.negative_prompt if spec.negative_prompt is None else spec.negative_prompt,
+            steps=spec.steps or args.steps, guidance=args.guidance if spec.guidance is None else spec.guidance,
+            width=spec.width or args.width, height=spec.height or args.height,
+            loras=list(global_loras) + list(spec.loras), clip_skip=args.clip_skip)
+
+    def generate():
+        for spec in specs:
+            for seed in ([spec.seed] if spec.seed is not None else itertools.chain.from_iterable(ranges)):
+                for k in range(n):
+                    yield request(spec, seed + k)
+
+    firsts = [request(spec, spec.seed if spec.seed is not None else ranges[0].start) for spec in specs]
+    return count, generate(), firsts
 
 
 def _next_index(out: Path) -> int:
@@ -104,37 +173,51 @@ def _grid(images, out: Path, stem: str, **kwargs) -> Path:
 def run(args: argparse.Namespace) -> int:
     from sd_lora.inference import AdapterSet, canonical_scheduler, iter_images, load_generation_pipeline, \
         parse_lora_arg, set_scheduler, sweep_requests
+    from sd_lora.inference.generate import check_requests
 
-    scheduler = canonical_scheduler(args.scheduler)  # fail before loading anything
-    for flag, value in (("--width", args.width), ("--height", args.height)):
-        if value is not None and (value <= 0 or value % 8):
-            raise SdLoraError(f"{flag} {value} is not a positive multiple of 8; use e.g. {max(8, value // 8 * 8)}")
-    sweep_scales = [float(s) for s in args.sweep_scales.split(",")] if args.sweep else []
+    # every check that needs no model comes first: a typo costs milliseconds, not a model load
+    scheduler = canonical_scheduler(args.scheduler)
+    _check_args(args)
+    sweep_scales = _sweep_scales(args) if args.sweep else []
     if args.sweep and (args.fuse or not args.lora):
         raise SdLoraError("--sweep needs one or more --lora and cannot be combined with --fuse")
     loras = [parse_lora_arg(text) for text in args.lora]
-    requests = _requests(args, [] if (args.fuse or args.sweep) else loras)
+    specs, ranges = _specs(args), _seed_ranges(args)
+    out = Path(args.out)
+    _check_out(out)
+    count, requests, firsts = _requests(args, specs, ranges, [] if (args.fuse or args.sweep) else loras)
     pipe, info = load_generation_pipeline(args.model, device=args.device, dtype=args.dtype)
     set_scheduler(pipe, scheduler)
     adapters = AdapterSet(pipe, family=info.family, lora_dir=args.lora_dir, allow_pickle=args.allow_pickle)
     files = adapters.load([ref.name for ref in loras])
     if args.sweep:
-        requests = sweep_requests(requests[0], [ref.name for ref in loras], sweep_scales)
+        requests = sweep_requests(next(requests), [ref.name for ref in loras], sweep_scales)
+        count = len(requests)
+    else:  # one request per prompt stands for all its seeds: LoRA files and families fail before any image
+        check_requests(pipe, firsts, adapters=adapters)
     if args.fuse:
         adapters.fuse([(f, ref.weight) for f, ref in zip(files, loras)])
-    out = Path(args.out)
-    start, images, paths = _next_index(out), [], []
+    start, images, written = _next_index(out), [], 0
+    keep = args.sweep or (not args.no_grid and 1 < count <= _GRID_MAX)
     # Saved as each batch finishes, so an interrupted run keeps what it made.
     for i, im in enumerate(iter_images(pipe, requests, adapters=adapters, batch_size=args.batch_size)):
-        paths.append(_save(im, out / f"{start + i:05d}-{im.request.seed}.png", info.name, info.family))
-        images.append(im)
+        path = out / f"{start + i:05d}-{im.request.seed}.png"
+        try:
+            _save(im, path, info.name, info.family)
+        except OSError as e:
+            raise SdLoraError(f"cannot write {path} ({e.strerror or e}); {written} image(s) were written to {out} "
+                              "before it; free space or choose another --out") from None
+        written += 1
+        if keep:
+            images.append(im)
     stem = f"{start:05d}"
     if args.sweep:
         grid = _grid(images, out, f"sweep-{stem}", cols=len(sweep_scales), row_labels=[r.name for r in loras],
                      col_labels=[f"{s:g}" for s in sweep_scales])
-    elif not args.no_grid and len(images) > 1:
+    elif keep and len(images) > 1:
         grid = _grid(images, out, f"grid-{stem}", labels=[f"{im.prompt} (seed {im.request.seed})" for im in images])
     else:
         grid = None
-    print(f"wrote {len(paths)} image(s) to {out}" + (f"; grid {grid}" if grid else ""))
+    note = f" (no grid for more than {_GRID_MAX} images)" if not args.no_grid and count > _GRID_MAX else ""
+    print(f"wrote {written} image(s) to {out}" + (f"; grid {grid}" if grid else note))
     return 0

@@ -62,12 +62,21 @@ def lora_hash(path: str | Path) -> str:
 
 
 def _tuner_layers(pipe, components: tuple[str, ...] = _COMPONENTS) -> Iterator[torch.nn.Module]:
+    yield from (layer for _, layer in _component_layers(pipe, components))
+
+
+def _component_layers(pipe, components: tuple[str, ...] = _COMPONENTS) -> Iterator[tuple[str, torch.nn.Module]]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for component in components:
         model = getattr(pipe, component, None)
         if model is not None:
-            yield from (m for m in model.modules() if isinstance(m, BaseTunerLayer))
+            yield from ((component, m) for m in model.modules() if isinstance(m, BaseTunerLayer))
+
+
+def _weights(entry: tuple) -> tuple[float, float]:
+    """(text-encoder weight, UNet weight) of an activation entry (file, weight) or (file, te, unet)."""
+    return (entry[1], entry[1]) if len(entry) == 2 else (entry[1], entry[2])
 
 
 class AdapterSet:
@@ -141,21 +150,22 @@ class AdapterSet:
         return self._names[key]
 
     # ---- weights -----------------------------------------------------------------------------------
-    def activate(self, loras: list[tuple[Path, float]]) -> None:
-        """Make exactly these (file, weight) adapters active; an empty list runs the base model."""
+    def activate(self, loras: list[tuple]) -> None:
+        """Make exactly these adapters active; an empty list runs the base model. Entries are (file, weight)
+        or (file, text-encoder weight, UNet weight), as AUTOMATIC1111's `<lora:NAME:TE:UNET>`."""
         self._check_unfused()
-        self._set([(self._adapter(f, None), w) for f, w in loras])
+        self._set([(self._adapter(e[0], None), *_weights(e)) for e in loras])
 
-    def _set(self, pairs: list[tuple[str, float]]) -> None:
-        names = [n for n, _ in pairs]
-        for layer in _tuner_layers(self.pipe):
-            if not pairs:
+    def _set(self, entries: list[tuple[str, float, float]]) -> None:
+        names = [e[0] for e in entries]
+        for component, layer in _component_layers(self.pipe):
+            if not entries:
                 layer.enable_adapters(False)
                 continue
             layer.enable_adapters(True)
             layer.set_adapter(names, inference_mode=True)
-            for name, weight in pairs:
-                layer.set_scale(name, weight)
+            for name, te, unet in entries:
+                layer.set_scale(name, unet if component == "unet" else te)
 
     def supports_mixed(self, file: Path) -> bool:
         """Whether peft can mix this adapter per sample (LoRA layers without DoRA)."""
@@ -167,7 +177,7 @@ class AdapterSet:
         return all(isinstance(m, LoraLayer) and not m.use_dora.get(name, False) for m in layers)
 
     @contextlib.contextmanager
-    def mixed_forward(self, per_sample: list[tuple[Path, float] | None]) -> Iterator[None]:
+    def mixed_forward(self, per_sample: list[tuple | None]) -> Iterator[None]:
         """Inside the block the UNet runs each sample with its own adapter (None = base model).
 
         The UNet batch may hold the samples several times (classifier-free guidance: uncond half, then cond
@@ -178,13 +188,13 @@ class AdapterSet:
             if item is None:
                 names.append("__base__")
                 continue
-            file, weight = item
+            file, weight = item[0], _weights(item)[1]  # only the UNet runs mixed
             name = self._adapter(file, None)
             if weights.get(name, weight) != weight:
                 name = self._adapter(file, weight)
             weights[name] = weight
             names.append(name)
-        self._set(list(weights.items()) or [])
+        self._set([(name, w, w) for name, w in weights.items()])
         handles = [layer.register_forward_pre_hook(_names_hook(names), with_kwargs=True)
                    for layer in _tuner_layers(self.pipe, ("unet",))]
         try:
@@ -198,7 +208,7 @@ class AdapterSet:
     def fused(self) -> dict[str, float]:
         return dict(self._fused)
 
-    def fuse(self, loras: list[tuple[Path, float]]) -> None:
+    def fuse(self, loras: list[tuple]) -> None:
         """Merge these adapters at these weights into the base weights (no per-step overhead afterwards).
 
         The base weights are kept in memory first, so `unfuse` restores them bit for bit rather than by
@@ -211,7 +221,7 @@ class AdapterSet:
                           for m in layers}
         for layer in layers:
             layer.merge(adapter_names=[n for n in names if n in layer.scaling])
-        self._fused = {n: w for n, (_, w) in zip(names, loras)}
+        self._fused = {n: e[1] for n, e in zip(names, loras)}
 
     def unfuse(self) -> None:
         """Undo `fuse`: the base weights become exactly what they were before."""

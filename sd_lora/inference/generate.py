@@ -9,9 +9,12 @@ different single adapters, with peft's per-sample adapter routing (mixed batch, 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,10 +22,13 @@ from PIL import Image
 
 from sd_lora.errors import SdLoraError
 from sd_lora.inference.adapters import AdapterSet
-from sd_lora.inference.prompts import LoraRef, parse_prompt
+from sd_lora.inference.prompts import SEED_MAX, LoraRef, check_weight, parse_prompt
 from sd_lora.inference.schedulers import scheduler_name
 
-__all__ = ["GenerationRequest", "UsedLora", "GeneratedImage", "generate_images", "iter_images", "sweep_requests"]
+__all__ = ["GenerationRequest", "UsedLora", "GeneratedImage", "check_requests", "generate_images", "iter_images",
+           "sweep_requests"]
+
+_CHUNK_BATCHES = 8  # an iterator of requests is checked and batched this many batches at a time
 
 
 @dataclass
@@ -47,8 +53,13 @@ class GenerationRequest:
 class UsedLora:
     name: str  # as the user wrote it
     path: Path
-    weight: float
+    weight: float  # text encoders (and the UNet unless unet_weight is set)
     hash: str  # AUTOMATIC1111 AutoV3 short hash
+    unet_weight: float | None = None
+
+    @property
+    def unet(self) -> float:
+        return self.weight if self.unet_weight is None else self.unet_weight
 
 
 @dataclass
@@ -73,8 +84,8 @@ class _Job:
     height: int
 
     @property
-    def combo(self) -> tuple[tuple[Path, float], ...]:
-        return tuple((u.path, u.weight) for u in self.loras)
+    def combo(self) -> tuple[tuple[Path, float, float], ...]:
+        return tuple((u.path, u.weight, u.unet) for u in self.loras)
 
     @property
     def shape(self) -> tuple:
@@ -82,9 +93,14 @@ class _Job:
         return r.steps, r.guidance, self.width, self.height
 
 
-def _refs(request: GenerationRequest) -> tuple[str, list[LoraRef]]:
+def _refs(request: GenerationRequest, where: str) -> tuple[str, list[LoraRef]]:
     prompt, tags = parse_prompt(request.prompt)
-    given = [r if isinstance(r, LoraRef) else LoraRef(str(r[0]), float(r[1])) for r in request.loras]
+    given = []
+    for r in request.loras:
+        ref = r if isinstance(r, LoraRef) else LoraRef(str(r[0]), float(r[1]))
+        check_weight(ref.weight, f"{where}, LoRA {ref.name!r}")
+        check_weight(ref.unet, f"{where}, LoRA {ref.name!r}")
+        given.append(ref)
     return prompt, given + tags
 
 
@@ -92,16 +108,31 @@ def _used(refs: list[LoraRef], adapters: AdapterSet) -> list[UsedLora]:
     merged: dict[Path, UsedLora] = {}
     for ref, file in zip(refs, adapters.load([r.name for r in refs])):
         old = merged.get(file)  # the same file twice adds up, as it would in AUTOMATIC1111
-        merged[file] = UsedLora(ref.name, file, ref.weight + (old.weight if old else 0.0), adapters.hash(file))
+        te = ref.weight + (old.weight if old else 0.0)
+        unet = ref.unet + (old.unet if old else 0.0)
+        merged[file] = UsedLora(ref.name, file, te, adapters.hash(file), None if unet == te else unet)
     return list(merged.values())
 
 
-def _plan(pipe, requests: Sequence[GenerationRequest], adapters: AdapterSet | None) -> list[_Job]:
+def _text_layers(pipe) -> int | None:
+    config = getattr(getattr(pipe, "text_encoder", None), "config", None)
+    return getattr(config, "num_hidden_layers", None)
+
+
+def _plan(pipe, requests: Iterable[GenerationRequest], adapters: AdapterSet | None, first: int = 0) -> list[_Job]:
     """Every check that can fail, for every request, before the first image is generated."""
     default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    layers = _text_layers(pipe)
     jobs = []
-    for i, req in enumerate(requests):
-        prompt, refs = _refs(req)
+    for i, req in enumerate(requests, start=first):
+        if not math.isfinite(req.guidance):
+            raise SdLoraError(f"request {i + 1}: guidance {req.guidance!r} is not a finite number; use e.g. 7")
+        if isinstance(req.seed, bool) or not isinstance(req.seed, numbers.Integral) or not 0 <= req.seed <= SEED_MAX:
+            raise SdLoraError(f"request {i + 1}: seed {req.seed!r} is not a whole number from 0 to {SEED_MAX}")
+        if req.clip_skip is not None and (req.clip_skip < 1 or (layers and req.clip_skip > layers)):
+            raise SdLoraError(f"request {i + 1}: clip skip {req.clip_skip} is out of range; 1 = last layer, up to "
+                              f"{layers or 'the number of'} text-encoder layers")
+        prompt, refs = _refs(req, f"request {i + 1}")
         width, height = req.width or default, req.height or default
         if width % 8 or height % 8 or width <= 0 or height <= 0:
             raise SdLoraError(f"request {i + 1}: size {width}x{height} is not a multiple of 8; "
@@ -190,25 +221,48 @@ def _run_batch(pipe, jobs: list[_Job], adapters: AdapterSet | None) -> np.ndarra
     return np.asarray(out.images, dtype=np.float32)
 
 
-def iter_images(pipeline, requests: Sequence[GenerationRequest], *, adapters: AdapterSet | None = None,
+def check_requests(pipeline, requests: Iterable[GenerationRequest], *, adapters: AdapterSet | None = None) -> None:
+    """Run every check `iter_images` makes (sizes, steps, seeds, weights, LoRA files and families) without
+    generating anything; adapters named by the requests are loaded into `adapters`."""
+    _plan(pipeline, requests, adapters)
+
+
+def _chunks(requests: Iterable[GenerationRequest], size: int) -> Iterator[list[GenerationRequest]]:
+    if isinstance(requests, Sequence):
+        yield list(requests)
+        return
+    iterator = iter(requests)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def iter_images(pipeline, requests: Iterable[GenerationRequest], *, adapters: AdapterSet | None = None,
                 batch_size: int = 1, progress: bool = True) -> Iterator[GeneratedImage]:
-    """Yield images in request order, batch by batch. All requests are checked (sizes, LoRA files, families)
-    before the first batch runs. Without `adapters` the pipeline's adapters are left exactly as they are
+    """Yield images in request order, batch by batch. A list of requests is checked whole (sizes, LoRA files,
+    families) before the first batch runs; an iterator (e.g. a generator over a long seed range) is read
+    and checked a few batches at a time, so it is never held in memory (`check_requests` can check
+    representatives first). Without `adapters` the pipeline's adapters are left exactly as they are
     (the training loop samples its adapter this way)."""
-    jobs = _plan(pipeline, requests, adapters)
-    batches = _batches(jobs, max(1, batch_size), adapters)
+    batch_size = max(1, batch_size)
     sampler = scheduler_name(pipeline)
     fused = adapters.fused if adapters is not None else {}
-    for i, batch in enumerate(batches):
-        pipeline.set_progress_bar_config(disable=not progress, desc=f"batch {i + 1}/{len(batches)}", leave=False)
-        arrays = _run_batch(pipeline, batch, adapters)
-        for job, array in zip(batch, arrays):
-            image = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
-            yield GeneratedImage(image, array, job.request, job.prompt, job.loras, sampler, job.width, job.height,
-                                 fused)
+    done, number = 0, 0
+    for chunk in _chunks(requests, batch_size * _CHUNK_BATCHES):
+        jobs = _plan(pipeline, chunk, adapters, first=done)
+        done += len(chunk)
+        batches = _batches(jobs, batch_size, adapters)
+        for batch in batches:
+            number += 1
+            total = f"/{len(batches)}" if isinstance(requests, Sequence) else ""
+            pipeline.set_progress_bar_config(disable=not progress, desc=f"batch {number}{total}", leave=False)
+            arrays = _run_batch(pipeline, batch, adapters)
+            for job, array in zip(batch, arrays):
+                image = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
+                yield GeneratedImage(image, array, job.request, job.prompt, job.loras, sampler, job.width,
+                                     job.height, fused)
 
 
-def generate_images(pipeline, requests: Sequence[GenerationRequest], *, adapters: AdapterSet | None = None,
+def generate_images(pipeline, requests: Iterable[GenerationRequest], *, adapters: AdapterSet | None = None,
                     batch_size: int = 1, progress: bool = True) -> list[GeneratedImage]:
     """All images for `requests`, in order (see `iter_images`)."""
     return list(iter_images(pipeline, requests, adapters=adapters, batch_size=batch_size, progress=progress))

@@ -24,7 +24,8 @@ def _number(x: float) -> str:
 def format_parameters(generated, model: str) -> str:
     """The AUTOMATIC1111 `parameters` text: prompt (with its `<lora:NAME:W>` tags), negative prompt, settings."""
     r = generated.request
-    tags = "".join(f" <lora:{u.path.stem if u.path.is_file() else u.path.name}:{_number(u.weight)}>"
+    tags = "".join(f" <lora:{u.path.stem if u.path.is_file() else u.path.name}:{_number(u.weight)}"
+                   + ("" if getattr(u, "unet_weight", None) is None else f":{_number(u.unet_weight)}") + ">"
                    for u in generated.loras)
     lines = [generated.prompt + tags]
     if r.negative_prompt:
@@ -50,7 +51,9 @@ def image_record(generated, model: str, family: str | None = None) -> dict:
         "prompt": generated.prompt, "negative_prompt": r.negative_prompt, "seed": r.seed, "steps": r.steps,
         "guidance": r.guidance, "width": generated.width, "height": generated.height, "sampler": generated.sampler,
         "clip_skip": r.clip_skip, "model": model, "family": family,
-        "loras": [{"name": u.name, "path": str(u.path), "weight": u.weight, "hash": u.hash} for u in generated.loras],
+        "loras": [{"name": u.name, "path": str(u.path), "weight": u.weight, "hash": u.hash,
+                   **({} if getattr(u, "unet_weight", None) is None else {"unet_weight": u.unet_weight})}
+                  for u in generated.loras],
         "fused": generated.fused,
         "parameters": format_parameters(generated, model),
     }
