@@ -21,7 +21,7 @@ from sd_lora.formats.detect import FAMILY_NAMES
 from sd_lora.formats.lycoris import delta_weight
 
 __all__ = ["AdapterInput", "read_adapter", "module_shape", "module_delta", "lora_factors", "is_lora_module",
-           "kernel_of", "prediction_of", "FAMILIES"]
+           "kernel_of", "prediction_of", "apply_delta", "FAMILIES"]
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 _CONV3 = re.compile(r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv|^conv_in|^conv_out)$")
@@ -164,3 +164,19 @@ def module_delta(params: dict, shape: tuple[int, ...], base_weight: torch.Tensor
         return delta_weight(fp32, shape).reshape(shape[0], -1)
     except (RuntimeError, ValueError) as e:
         raise SdLoraError(f"{where}: its tensors do not build a {list(shape)} weight ({e}).") from None
+
+
+def apply_delta(weight: torch.Tensor, params: dict, multiplier: float, shape: tuple[int, ...],
+                where: str = "module") -> torch.Tensor:
+    """The weight with the module applied at `multiplier`, as peft computes it unfused, flattened to [out, -1] fp32.
+
+    LoRA / LoHa / LoKr: W + multiplier·ΔW. DoRA: m·(W + multiplier·s·BA) / ‖W + multiplier·s·BA‖ (per output row),
+    the magnitude applying in full at any multiplier, as peft's DoRA layers do.
+    """
+    w = weight.detach().to("cpu", torch.float32).reshape(shape[0], -1)
+    if "dora_scale" in params:
+        up, down = lora_factors(params)
+        v = w + multiplier * (up @ down)
+        m = params["dora_scale"].detach().to("cpu", torch.float32).reshape(-1, 1)
+        return m * v / torch.linalg.norm(v, dim=1, keepdim=True)
+    return w + multiplier * module_delta(params, shape, where=where)

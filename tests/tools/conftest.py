@@ -127,3 +127,22 @@ def with_spectrum(src, dst, module: str, spectrum, seed: int = 0):
     tensors[f"{module}.alpha"] = torch.tensor(float(len(spectrum)))
     save_file(tensors, str(dst), metadata=meta)
     return dst
+
+
+def full_size_meta(family: str):
+    """A full-size pipeline's UNet, VAE and text encoders with no memory behind the weights."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sd_lora.models import architectures
+
+    with torch.device("meta"):
+        encoders = []
+        for i, cfg in enumerate(architectures.text_encoder_configs(family)):
+            cls = CLIPTextModelWithProjection if family == "sdxl" and i == 1 else CLIPTextModel
+            encoders.append(cls(CLIPTextConfig(**cfg)))
+        unet = UNet2DConditionModel(**architectures.unet_config(family))
+        vae = AutoencoderKL(**architectures.vae_config(family))
+    return SimpleNamespace(unet=unet, vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[-1])
