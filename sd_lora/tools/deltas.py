@@ -53,12 +53,11 @@ class AdapterInput:
 def read_adapter(path, family: str | None = None, unet_config=None, allow_pickle: bool = False) -> AdapterInput:
     """Read an adapter file for the tools; the family is `family`, else what the file says, else an error."""
     from sd_lora.formats.convert import layout_config
-    from sd_lora.formats.imports import load_adapter_file
 
     path = Path(path)
     if not path.exists():
         raise SdLoraError(f"{path}: no such file.")
-    adapter = load_adapter_file(path, allow_pickle=allow_pickle)
+    adapter = _load(path, allow_pickle)
     if family is not None and family not in FAMILIES:
         raise SdLoraError(f"unknown family {family!r}; expected one of {FAMILIES}")
     if family and adapter.family and family != adapter.family:
@@ -81,6 +80,25 @@ def prediction_of(metadata: dict) -> str:
     """'v_prediction' when an adapter's metadata says its base is a v-prediction model, else 'epsilon'."""
     v = metadata.get("modelspec.prediction_type") == "v" or metadata.get("ss_base_model_version", "").endswith("_v")
     return "v_prediction" if v else "epsilon"
+
+
+def _load(path: Path, allow_pickle: bool):
+    """`formats.load_adapter_file`, but .safetensors files are read tensor by tensor (half the peak memory)."""
+    from sd_lora.formats.community import adapter_type
+    from sd_lora.formats.detect import detect_format, guess_family
+    from sd_lora.formats.diffusers_format import from_diffusers
+    from sd_lora.formats.imports import AdapterFile, _kinds_only, load_adapter_file
+    from sd_lora.tools.tensorfile import read_tensors
+
+    if not (path.is_file() and path.suffix.lower() == ".safetensors"):
+        return load_adapter_file(path, allow_pickle=allow_pickle)
+    tensors, metadata = read_tensors(path)
+    fmt = detect_format(tensors)
+    if not tensors or fmt == "unknown":
+        return load_adapter_file(path)  # its error says what the file is instead
+    family, reason = guess_family(tensors, metadata)
+    kinds = from_diffusers(tensors, metadata)[0] if fmt == "diffusers" else _kinds_only(tensors)
+    return AdapterFile(path, fmt, adapter_type(kinds), family, reason, tensors, metadata)
 
 
 def is_lora_module(params: dict) -> bool:

@@ -22,7 +22,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.formats.detect import FAMILY_NAMES
 from sd_lora.formats.names import TEXT_ENCODER_TARGETS, UNET_ATTENTION_TARGETS, UNET_CONV_TARGETS, canonical_text_encoder_path
 from sd_lora.tools.deltas import kernel_of
-from sd_lora.tools.output import WriteReport, check_output_path, write_adapter
+from sd_lora.tools.output import WriteReport, check_output_path, parse_precision, write_adapter
 from sd_lora.tools.svd import randomized_svd, to_lora_params
 
 __all__ = ["TEXT_ENCODER_MODES", "ExtractReport", "target_modules", "extract_weights", "extract_adapter"]
@@ -65,7 +65,8 @@ def _pairs(base, tuned, component: str, conv: bool):
 
 
 def extract_weights(base, tuned, *, rank: int, conv_rank: int | None = None, text_encoder: str = "auto",
-                    min_diff: float = 0.01, clamp_quantile: float | None = None, progress=None):
+                    min_diff: float = 0.01, clamp_quantile: float | None = None, progress=None,
+                    dtype: torch.dtype = torch.float32):
     """(neutral weights, extracted counts, skipped counts, largest |ΔW| per component) from two BaseComponents."""
     if rank is None or rank < 1 or (conv_rank is not None and conv_rank < 1):
         raise SdLoraError("--rank (and --conv-rank) must be positive integers.")
@@ -92,7 +93,8 @@ def extract_weights(base, tuned, *, rank: int, conv_rank: int | None = None, tex
                 k = min(k, *diff.shape)
                 u, s, vh = randomized_svd(diff, k, niter=_NITER)
                 key = path if component == "unet" else canonical_text_encoder_path(path)
-                weights.setdefault(component, {})[key] = to_lora_params(u, s, vh, k, shape, clamp_quantile=clamp_quantile)
+                params = to_lora_params(u, s, vh, k, shape, clamp_quantile=clamp_quantile)
+                weights.setdefault(component, {})[key] = {n: t.to(dtype) for n, t in params.items()}
                 extracted[component] += 1
             del diff
         if progress:
@@ -136,7 +138,7 @@ def extract_adapter(base, tuned, output, *, rank: int, conv_rank: int | None = N
                           f"{FAMILY_NAMES[tuned_c.family]} model; extraction needs two models of one family.")
     weights, extracted, skipped, largest = extract_weights(
         base_c, tuned_c, rank=rank, conv_rank=conv_rank, text_encoder=text_encoder, min_diff=min_diff,
-        clamp_quantile=clamp_quantile, progress=progress)
+        clamp_quantile=clamp_quantile, progress=progress, dtype=parse_precision(save_precision))
     if not weights:
         raise SdLoraError(f"the two models do not differ by more than --min-diff {min_diff} in any module; "
                           "nothing to extract.")

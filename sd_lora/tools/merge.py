@@ -22,7 +22,7 @@ from sd_lora.formats.detect import FAMILY_NAMES
 from sd_lora.tools.deltas import (
     AdapterInput, is_lora_module, kernel_of, lora_factors, module_delta, module_shape, prediction_of, read_adapter,
 )
-from sd_lora.tools.output import WriteReport, check_output_path, write_adapter
+from sd_lora.tools.output import WriteReport, check_output_path, parse_precision, write_adapter
 from sd_lora.tools.svd import dense_svd, factor_svd, to_lora_params
 
 __all__ = ["METHODS", "MergeReport", "parse_weighted", "merge_weights", "merge_adapters", "read_inputs"]
@@ -137,8 +137,8 @@ def _svd(key, parts, shape, rank: int, conv_rank: int, base) -> dict[str, torch.
 
 
 def merge_weights(inputs, method: str = "concat", rank: int | None = None, conv_rank: int | None = None,
-                  base=None, progress=None):
-    """The merged neutral weights of [(AdapterInput, weight)], and the number of shared modules."""
+                  base=None, progress=None, dtype: torch.dtype = torch.float32):
+    """The merged neutral weights (in `dtype`) of [(AdapterInput, weight)], and the number of shared modules."""
     if method not in METHODS:
         raise SdLoraError(f"unknown merge method {method!r}; expected one of {METHODS}")
     if method == "concat":
@@ -161,7 +161,7 @@ def merge_weights(inputs, method: str = "concat", rank: int | None = None, conv_
     for i, (key, parts) in enumerate(gathered.items()):
         shape = _shape(key, parts, family, shapes)
         params = _concat(parts, shape) if method == "concat" else _svd(key, parts, shape, rank, conv_rank, base)
-        out.setdefault(key[0], {})[key[1]] = params
+        out.setdefault(key[0], {})[key[1]] = {n: t.to(dtype) for n, t in params.items()}
         if progress:
             progress(i + 1, len(gathered), f"{key[0]}.{key[1]}")
     return out, sum(1 for parts in gathered.values() if len(parts) > 1)
@@ -184,7 +184,7 @@ def merge_adapters(inputs, output, *, method: str = "concat", rank: int | None =
     if len(layouts) > 1:
         raise SdLoraError("the SDXL inputs were made for UNets with different block layouts; they cannot be merged.")
     base = load_base(model, first.family, allow_pickle) if model is not None else None
-    weights, shared = merge_weights(read, method, rank, conv_rank, base, progress)
+    weights, shared = merge_weights(read, method, rank, conv_rank, base, progress, parse_precision(save_precision))
     sources = [(str(a.path), w) for a, w in read]
     tool = {"tool": "merge", "method": method, "inputs": [{"file": Path(p).name, "weight": w} for p, w in sources]}
     if method == "svd":

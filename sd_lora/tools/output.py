@@ -20,8 +20,8 @@ from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_path
 from sd_lora.formats.community import AdapterWeights, adapter_type, from_community, to_community
 from sd_lora.formats.export import weights_facts
-from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, minimum_metadata, serialize_with_hashes, unet_layout
-from sd_lora.formats.safetensors_io import read_tensor_file
+from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, minimum_metadata, unet_layout
+from sd_lora.tools.tensorfile import iter_tensors, read_header, write_with_hashes
 
 __all__ = ["WriteReport", "write_adapter", "check_output_path", "parse_precision", "TOOL_KEY"]
 
@@ -99,14 +99,23 @@ def _check_space(path: Path, need: int) -> None:
                           "free); nothing was written.")
 
 
-def _read_back(tmp: Path, path: Path, weights: AdapterWeights, family: str, unet_config, components) -> dict:
-    tensors, _ = read_tensor_file(tmp)
-    back, problems = from_community(tensors, family, unet_config)
-    wrong = list(problems)
+def _read_back(tmp: Path, path: Path, weights: AdapterWeights, written: dict[str, torch.Tensor], family: str,
+               unet_config, components) -> dict:
+    """Names map back to the same modules, every tensor reads back equal (one at a time), the models accept it."""
+    from safetensors import safe_open
+
+    header, _, start = read_header(tmp)
+    with safe_open(str(tmp), framework="pt") as f:  # the library parses the file too (no data touched)
+        if set(f.keys()) != set(written):
+            raise SdLoraError(f"{path}: the written file does not hold the tensors written; it was not kept.")
+    wrong = [k for k, t in iter_tensors(tmp, header, start) if not torch.equal(t, written[k])]
+    meta_back = {k: torch.empty(v["shape"], dtype=written[k].dtype, device="meta") for k, v in header.items()}
+    back, problems = from_community(meta_back, family, unet_config)
+    wrong += problems
     for component, modules in weights.items():
         for module, params in modules.items():
             got = back.get(component, {}).get(module)
-            if got is None or set(got) != set(params) or not all(torch.equal(got[k], v) for k, v in params.items()):
+            if got is None or set(got) != set(params):
                 wrong.append(f"{component}.{module}")
     if components:
         from sd_lora.formats.validate import resolve_modules
@@ -135,14 +144,15 @@ def write_adapter(path, weights: AdapterWeights, family: str, unet_config, *, sa
         raise SdLoraError(f"{path}: no modules to write.")
     info = {"title": path.stem, **(info or {})}
     meta = _metadata(weights, family, unet_config, inherited or {}, info, tool or {}, comment, overrides)
-    blob = serialize_with_hashes(to_community(weights, family, unet_config), meta)
-    _check_space(path, len(blob))
+    tensors = to_community(weights, family, unet_config)
+    _check_space(path, sum(t.numel() * t.element_size() for t in tensors.values()) + (4 << 20))
     try:
         with atomic_path(path) as tmp:
-            tmp.write_bytes(blob)
-            modules = _read_back(tmp, path, weights, family, unet_config, components)
+            with open(tmp, "wb") as f:
+                size = write_with_hashes(f, tensors, meta)
+            modules = _read_back(tmp, path, weights, tensors, family, unet_config, components)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise SdLoraError(f"{path}: the disk filled up while writing; nothing was written.") from None
         raise SdLoraError(f"{path}: could not write the file ({e}); nothing was written.") from None
-    return WriteReport(path, adapter_type(weights), modules, len(blob))
+    return WriteReport(path, adapter_type(weights), modules, size)

@@ -20,7 +20,7 @@ from sd_lora.formats.names import module_to_community
 from sd_lora.tools.deltas import (
     is_lora_module, kernel_of, module_delta, module_shape, prediction_of, read_adapter,
 )
-from sd_lora.tools.output import WriteReport, check_output_path, write_adapter
+from sd_lora.tools.output import WriteReport, check_output_path, parse_precision, write_adapter
 from sd_lora.tools.svd import check_rule, choose_rank, dense_svd, factor_svd, retained_fro, to_lora_params
 
 __all__ = ["ResizeRow", "ResizeReport", "resize_weights", "resize_adapter", "input_rank"]
@@ -101,15 +101,20 @@ def _decompose(component, path, params, family, base):
 
 
 def resize_weights(adapter, *, rank: int | None = None, dynamic: str | None = None, param: float | None = None,
-                   conv_rank: int | None = None, base=None, progress=None):
-    """(resized neutral weights, [ResizeRow]) of an `AdapterInput`."""
+                   conv_rank: int | None = None, base=None, progress=None, dtype: torch.dtype = torch.float32,
+                   consume: bool = False):
+    """(resized neutral weights in `dtype`, [ResizeRow]) of an `AdapterInput`.
+
+    `consume`: drop each input module once resized, so input and output are not both held whole."""
     if (rank is None) == (dynamic is None):
         raise SdLoraError("give either --rank R or --dynamic RULE --param X.")
     check_rule(dynamic, param)
     _check_ranks(adapter, rank, conv_rank)
     out, rows = {}, []
     total = adapter.num_modules
-    for i, (component, path, params) in enumerate(adapter.modules()):
+    for i, (component, path, params) in enumerate(list(adapter.modules())):
+        if consume:
+            del adapter.weights[component][path]
         shape, (u, s, vh), scale = _decompose(component, path, params, adapter.family, base)
         old = input_rank(params)
         cap = len(s) if not is_lora_module(params) else min(old, len(s))
@@ -117,7 +122,7 @@ def resize_weights(adapter, *, rank: int | None = None, dynamic: str | None = No
         k = choose_rank(s[:cap], dynamic, param, fixed) if dynamic else max(1, min(fixed, cap))
         if dynamic and kernel_of(shape) > 1 and conv_rank is not None:
             k = min(k, conv_rank)
-        out.setdefault(component, {})[path] = to_lora_params(u, s, vh, k, shape, scale=scale)
+        out.setdefault(component, {})[path] = {n: t.to(dtype) for n, t in to_lora_params(u, s, vh, k, shape, scale=scale).items()}
         rows.append(ResizeRow(module_to_community(component, path, adapter.family, adapter.unet_config),
                               old, k, retained_fro(s, k)))
         if progress:
@@ -135,7 +140,7 @@ def resize_adapter(path, output, *, rank: int | None = None, dynamic: str | None
     adapter = read_adapter(path, family, allow_pickle=allow_pickle)
     base = load_base(model, adapter.family, allow_pickle) if model is not None else None
     weights, rows = resize_weights(adapter, rank=rank, dynamic=dynamic, param=param, conv_rank=conv_rank, base=base,
-                                   progress=progress)
+                                   progress=progress, dtype=parse_precision(save_precision), consume=True)
     old = max(r.old_rank for r in rows)
     rule = {"tool": "resize", "from": Path(path).name, "from_rank": old}
     rule.update({"dynamic": dynamic, "param": param} if dynamic else {"rank": rank})

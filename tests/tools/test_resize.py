@@ -74,7 +74,11 @@ def test_dynamic_rules_pick_the_defined_rank(files, tmp_path, rule, param, rank)
     assert (tool["tool"], tool["dynamic"], tool["param"]) == ("resize", rule, param)
     assert rule in meta["ss_training_comment"]
     assert meta["ss_steps"] == "10" and meta["ss_seed"] == "2"  # the input's training facts are kept
-    assert "modelspec.title" in meta and "sshs_model_hash" in meta
+    assert meta["modelspec.title"] == "d" and meta["ss_base_model_version"] == "sd_v1"
+    blob = out.read_bytes()  # the stored hashes are those of the file's own bytes (formats.metadata's definition)
+    from sd_lora.formats.metadata import legacy_hash, model_hash
+
+    assert meta["sshs_model_hash"] == model_hash(blob) and meta["sshs_legacy_hash"] == legacy_hash(blob)
 
 
 def test_same_rank_is_lossless(files, tmp_path):
