@@ -46,7 +46,10 @@ class TrainConfig:
     zero_terminal_snr: bool = _f(False, "Rescale the noise schedule to zero SNR at the last timestep.")
     min_timestep: int = _f(0, "Lowest training timestep (inclusive).")
     max_timestep: int = _f(1000, "Highest training timestep (exclusive).")
-    resume: str | None = _f(None, "Resume from 'latest' (newest state in output.dir/checkpoints) or a state folder.")
+    resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.")
+    resume_ignore_mismatch: bool = _f(
+        False, "With train.resume = a state folder: resume although the state was saved by a run with another dataset, "
+        "seed, learning setup or base model (the network's shape must still match).")
     log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.")
 
     def validate(self) -> list[str]:
@@ -67,6 +70,9 @@ class TrainConfig:
         if not self.min_timestep < self.max_timestep <= 1000:
             problems.append(f"train.max_timestep: must be > min_timestep ({self.min_timestep}) and <= 1000, "
                             f"got {self.max_timestep}")
+        if self.resume_ignore_mismatch and self.resume in (None, "latest"):
+            problems.append("train.resume_ignore_mismatch: only with train.resume = a state folder (a path), so that "
+                            "'latest' never picks up another run's state; name the folder you mean")
         return finite_first(self, "train", problems)
 
 
