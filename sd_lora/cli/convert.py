@@ -15,8 +15,19 @@ def add_parser(subparsers, name: str) -> None:
 
 
 def run(args) -> int:
-    from sd_lora.formats.convert import convert_file
+    from pathlib import Path
 
+    from sd_lora.errors import SdLoraError
+    from sd_lora.formats.convert import convert_file
+    from sd_lora.formats.imports import load_adapter_file
+
+    target = Path(args.output)
+    if target.is_dir():
+        raise SdLoraError(f"output {target} is a folder; give the path of the file to write, e.g. "
+                          f"{target / (Path(args.input).stem + '.' + args.to + '.safetensors')}")
+    if not target.parent.is_dir():
+        raise SdLoraError(f"output {target}: the folder {target.parent} does not exist; create it first")
+    load_adapter_file(args.input, allow_pickle=args.allow_pickle)  # NaN/inf or mismatched ranks: refused here
     out = convert_file(args.input, args.output, args.to, args.family, allow_pickle=args.allow_pickle)
     print(f"wrote {out} ({args.to})")
     return 0

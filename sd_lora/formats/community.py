@@ -24,7 +24,13 @@ __all__ = [
     "from_community",
     "adapter_type",
     "is_community_key",
+    "DORA_A1111_NOTE",
 ]
+
+# sd-lora writes peft's per-output DoRA magnitude as `dora_scale [out, 1]`; ComfyUI reads that axis correctly.
+DORA_A1111_NOTE = ("DoRA file (dora_scale [out, 1]): AUTOMATIC1111's Lora extension loads it without an error but "
+                   "implements only the [1, in] layout, so it silently computes wrong weights there; use it in "
+                   "ComfyUI or sd-lora (or train a plain LoRA for AUTOMATIC1111)")
 
 AdapterWeights = dict[str, dict[str, dict[str, torch.Tensor]]]
 

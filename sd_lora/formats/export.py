@@ -17,7 +17,7 @@ import torch
 
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_path
-from sd_lora.formats.community import AdapterWeights, adapter_type, to_community
+from sd_lora.formats.community import DORA_A1111_NOTE, AdapterWeights, adapter_type, to_community
 from sd_lora.formats.diffusers_format import to_diffusers
 from sd_lora.formats.imports import load_adapter_file, plan_modules
 from sd_lora.formats.metadata import LAYOUT_KEY, minimum_metadata, serialize_with_hashes, unet_layout
@@ -130,4 +130,6 @@ def save_adapter(path, components: dict[str, torch.nn.Module], family: str, *, u
     with atomic_path(path) as tmp:
         tmp.write_bytes(blob)
         report = _coverage(tmp, path, components, family, unet_config, weights, format)
+    if format == "community" and report.adapter_type == "dora":
+        print(f"note: {path.name}: {DORA_A1111_NOTE}")
     return report

@@ -18,11 +18,11 @@ from sd_lora.errors import SdLoraError
 from sd_lora.formats.community import AdapterWeights, adapter_type, from_community
 from sd_lora.formats.detect import FAMILY_NAMES, detect_format, guess_family, pipeline_family
 from sd_lora.formats.diffusers_format import from_diffusers
-from sd_lora.formats.names import FAMILY_PREFIXES, module_to_community
+from sd_lora.formats.names import FAMILY_PREFIXES
 from sd_lora.formats.peft_bridge import adapted_modules, inject, remove_adapter
 from sd_lora.formats.peft_dir import is_peft_dir, read_peft_dir
 from sd_lora.formats.safetensors_io import read_tensor_file
-from sd_lora.formats.validate import find_non_finite, resolve_modules
+from sd_lora.formats.validate import find_non_finite, find_non_finite_keys, find_rank_mismatches, resolve_modules
 
 __all__ = ["AdapterFile", "ApplyReport", "load_adapter_file", "plan_modules", "apply_adapter_file"]
 
@@ -64,12 +64,44 @@ class ApplyReport:
         return f"{self.adapter_name}: {self.adapter_type} ({self.format}) on {self.family}: {parts} modules"
 
 
+def _damaged(path: Path, what: str, problems: list[str], cause: str) -> SdLoraError:
+    listed = "\n  ".join(problems[:_MAX_LISTED])
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    return SdLoraError(f"{path}: {len(problems)} {what}:\n  {listed}{more}\nThe file is damaged ({cause}); "
+                       "re-export it from a good checkpoint or use another file.")
+
+
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], weights: AdapterWeights) -> None:
+    """Files whose numbers cannot be used are refused on reading, for inspect and convert as for loading."""
+    mismatched = find_rank_mismatches(weights)
+    if mismatched:
+        raise _damaged(path, "module(s) with low-rank factors that do not fit together", mismatched,
+                       "cut short or edited by hand")
+    bad = find_non_finite_keys(tensors)
+    if bad:
+        raise _damaged(path, "tensor(s) hold NaN or inf values", [_readable(k) for k in bad],
+                       "e.g. saved from a run that diverged")
+
+
+def _readable(key: str) -> str:
+    """`lora_unet_x_attn2_to_v.lora_up.weight` -> the key plus its module path (`... attn2.to_v`)."""
+    from sd_lora.formats.names import dotted
+
+    for prefix in sorted(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"), key=len, reverse=True):
+        if key.startswith(prefix):
+            return f"{key} (module {dotted(key[len(prefix):].partition('.')[0])})"
+    return key
+
+
 def load_adapter_file(path: str | Path, allow_pickle: bool = False) -> AdapterFile:
-    """Read an adapter file (or peft directory) without applying it."""
+    """Read an adapter file (or peft directory) without applying it. A file with NaN/inf values or low-rank
+    factors of different ranks is an SdLoraError naming them."""
     path = Path(path)
     if is_peft_dir(path):
         weights, metadata = read_peft_dir(path)
         family = "sdxl" if "text_encoder_2" in weights else None
+        _check_tensors(path, {f"{c}.{m}.{k}": t for c, ms in weights.items() for m, ps in ms.items()
+                              for k, t in ps.items()}, weights)
         return AdapterFile(path, "peft-dir", adapter_type(weights), family,
                            "it adapts text_encoder_2" if family else "peft directories do not say", {}, metadata,
                            peft_weights=weights)
@@ -83,6 +115,7 @@ def load_adapter_file(path: str | Path, allow_pickle: bool = False) -> AdapterFi
                           "are neither community (lora_unet_/lora_te*_) nor diffusers (unet./text_encoder.) keys.")
     family, reason = guess_family(tensors, metadata)
     kind_weights = from_diffusers(tensors, metadata)[0] if fmt == "diffusers" else _kinds_only(tensors)
+    _check_tensors(path, tensors, kind_weights)
     return AdapterFile(path, fmt, adapter_type(kind_weights), family, reason, tensors, metadata)
 
 
@@ -102,9 +135,11 @@ def _fail(adapter: AdapterFile, family: str, problems: list[str], what: str) -> 
              if adapter.family else f"the family is unclear ({adapter.family_reason})")
     listed = "\n  ".join(problems[:_MAX_LISTED])
     more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    todo = (f"use it with a {FAMILY_NAMES[adapter.family]} model, or a LoRA made for {FAMILY_NAMES[family]}. "
+            if adapter.family and adapter.family != family else "")
     return SdLoraError(f"{adapter.path}: cannot apply this {adapter.format} {adapter.adapter_type} file to the "
                        f"{FAMILY_NAMES[family]} pipeline; {found}. {len(problems)} {what}:\n  {listed}{more}\n"
-                       "Nothing was changed.")
+                       f"{todo}Nothing was changed.")
 
 
 def _with_file_names(adapter: AdapterFile, weights: AdapterWeights, problems: list[str], family: str,
@@ -112,7 +147,18 @@ def _with_file_names(adapter: AdapterFile, weights: AdapterWeights, problems: li
     """Prefix each problem with the module's name as the file spells it, so users can find the key."""
     if adapter.format != "community":
         return problems
-    names = {f"{c}.{p}:": module_to_community(c, p, family, unet_config) for c, ms in weights.items() for p in ms}
+    from sd_lora.formats.community import split_community_key
+    from sd_lora.formats.names import community_to_module
+
+    names = {}  # "component.path:" -> the module name as the file spells it
+    for key in adapter.tensors:
+        split = split_community_key(key)
+        try:
+            component, path = community_to_module(split[0], family, unet_config) if split else (None, None)
+        except KeyError:
+            continue
+        if component is not None:
+            names.setdefault(f"{component}.{path}:", split[0])
     out = []
     for problem in problems:
         head = problem.split(" ", 1)[0]

@@ -8,7 +8,7 @@ of names, so tiny test UNets map exactly like the full-size one.
 
 from __future__ import annotations
 
-__all__ = ["diffusers_to_sgm", "sgm_to_diffusers"]
+__all__ = ["NoSuchBlock", "diffusers_to_sgm", "sgm_to_diffusers"]
 
 # ResNet sub-modules: diffusers name -> SGM name (in_layers = [norm, act, conv], out_layers = [norm, act, drop, conv]).
 _RESNET = {
@@ -83,8 +83,22 @@ def _split(path: str, n: int) -> list[str]:
     return parts
 
 
+class NoSuchBlock(KeyError):
+    """A module path that does not exist in this UNet's block layout; the message names it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _missing(path: str, unet_config) -> NoSuchBlock:
+    down = len(list(_cfg(unet_config, "down_block_types", ()) or ()))
+    return NoSuchBlock(f"{path}: no such module in this UNet ({down} down blocks, layers_per_block "
+                       f"{_cfg(unet_config, 'layers_per_block', 2)}); the file was made for a UNet with other blocks")
+
+
 def diffusers_to_sgm(path: str, unet_config) -> str:
-    """`down_blocks.1.resnets.0.conv1` -> `input_blocks.4.0.in_layers.2` (raises KeyError if not a UNet path)."""
+    """`down_blocks.1.resnets.0.conv1` -> `input_blocks.4.0.in_layers.2` (raises KeyError, a NoSuchBlock
+    naming the path, if it is not a path of this UNet)."""
     for src, dst in _TOP.items():
         if path == src or path.startswith(src + "."):
             return dst + path[len(src):]
@@ -96,15 +110,15 @@ def diffusers_to_sgm(path: str, unet_config) -> str:
         if kind == "resnets" and j in ("0", "1"):
             slot = int(j) * (2 if _mid_has_attention(unet_config) else 1)
             return f"middle_block.{slot}.{_resnet_rest(rest, back=False)}"
-        raise KeyError(path)
+        raise _missing(path, unet_config)
     if head not in ("down_blocks", "up_blocks"):
-        raise KeyError(path)
+        raise _missing(path, unet_config)
     up = head == "up_blocks"
     _, i, kind, j, rest = _split(path, 4)
     blocks = _blocks(unet_config, up)
     i, j = int(i), int(j)
     if i >= len(blocks):
-        raise KeyError(path)
+        raise _missing(path, unet_config)
     start, n, has_attn = blocks[i]
     name = "output_blocks" if up else "input_blocks"
     if kind in ("resnets", "attentions") and j < n and (kind == "resnets" or has_attn):
@@ -115,7 +129,7 @@ def diffusers_to_sgm(path: str, unet_config) -> str:
         return f"input_blocks.{start + n}.0.{_swap_head(rest, 'conv', 'op')}"
     if up and kind == "upsamplers" and j == 0 and i < len(blocks) - 1:
         return f"output_blocks.{start + n - 1}.{2 if has_attn else 1}.{rest}"
-    raise KeyError(path)
+    raise _missing(path, unet_config)
 
 
 def sgm_to_diffusers(path: str, unet_config) -> str:
@@ -131,10 +145,10 @@ def sgm_to_diffusers(path: str, unet_config) -> str:
             return f"mid_block.attentions.0.{rest}"
         resnet = {"0": 0, "2" if attn else "1": 1}.get(slot)
         if resnet is None:
-            raise KeyError(path)
+            raise _missing(path, unet_config)
         return f"mid_block.resnets.{resnet}.{_resnet_rest(rest, back=True)}"
     if head not in ("input_blocks", "output_blocks"):
-        raise KeyError(path)
+        raise _missing(path, unet_config)
     up = head == "output_blocks"
     _, flat, inner, rest = _split(path, 3)
     flat, inner = int(flat), int(inner)
@@ -149,7 +163,7 @@ def sgm_to_diffusers(path: str, unet_config) -> str:
                 return f"{prefix}.attentions.{j}.{rest}"
             if up and not last and j == n - 1 and inner == (2 if has_attn else 1):
                 return f"{prefix}.upsamplers.0.{rest}"
-            raise KeyError(path)
+            raise _missing(path, unet_config)
         if not up and not last and j == n and inner == 0:
             return f"{prefix}.downsamplers.0.{_swap_head(rest, 'op', 'conv')}"
-    raise KeyError(path)
+    raise _missing(path, unet_config)

@@ -10,7 +10,7 @@ import collections
 import json
 from pathlib import Path
 
-from sd_lora.formats.community import split_community_key
+from sd_lora.formats.community import DORA_A1111_NOTE, split_community_key
 from sd_lora.formats.diffusers_format import from_diffusers
 from sd_lora.formats.imports import load_adapter_file
 from sd_lora.formats.metadata import model_hash, legacy_hash
@@ -75,6 +75,7 @@ def summarize_file(path, allow_pickle: bool = False) -> dict:
         "rank_alpha": [{"rank": r, "alpha": a, "modules": n} for (r, a), n in pairs.most_common()],
         "metadata": dict(sorted(adapter.metadata.items())),
         "hashes": _file_hashes(adapter.path),
+        "notes": [DORA_A1111_NOTE] if adapter.adapter_type == "dora" else [],
     }
     if len(pairs) > 1:
         usual = pairs.most_common(1)[0][0]
@@ -98,6 +99,7 @@ def format_summary(s: dict) -> str:
         "modules:       " + ", ".join(f"{c} {n}" for c, n in s["modules"].items()),
         "rank / alpha:  " + "; ".join(f"rank {e['rank']} alpha {e['alpha']} x{e['modules']}" for e in s["rank_alpha"]),
     ]
+    lines += [f"note:          {note}" for note in s.get("notes", [])]
     if "per_module" in s:
         lines.append("modules that differ from the most common rank / alpha:")
         lines += [f"  {name}: rank {v['rank']} alpha {v['alpha']}" for name, v in s["per_module"].items()]

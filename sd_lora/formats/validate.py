@@ -12,7 +12,14 @@ from sd_lora.formats.community import AdapterWeights
 from sd_lora.formats.lycoris import delta_weight
 from sd_lora.formats.names import model_text_encoder_path
 
-__all__ = ["resolve_modules", "check_shapes", "find_non_finite"]
+__all__ = ["resolve_modules", "check_shapes", "find_non_finite", "find_non_finite_keys", "find_rank_mismatches"]
+
+# (factor, its rank axis, partner factor, its rank axis): the two halves of a low-rank product must agree
+# (Tucker / CP factors keep the rank on axis 0 of both halves; those modules are checked on rebuilding.)
+_RANK_PAIRS = (("lora_B", 1, "lora_A", 0), ("hada_w1_a", 1, "hada_w1_b", 0), ("hada_w2_a", 1, "hada_w2_b", 0),
+               ("lokr_w1_a", 1, "lokr_w1_b", 0), ("lokr_w2_a", 1, "lokr_w2_b", 0))
+_TUCKER_CORE = {"hada_w1_a": "hada_t1", "hada_w2_a": "hada_t2", "lokr_w1_a": "lokr_t1", "lokr_w2_a": "lokr_t2"}
+_NAMES = {"lora_A": "down (lora_A)", "lora_B": "up (lora_B)"}
 
 
 def _base(module: torch.nn.Module) -> torch.nn.Module:
@@ -94,3 +101,29 @@ def find_non_finite(weights: AdapterWeights) -> list[str]:
             if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in params.values()):
                 bad.append(f"{component}.{path}")
     return bad
+
+
+def find_non_finite_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or inf, in file order."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def find_rank_mismatches(weights: AdapterWeights) -> list[str]:
+    """`component.module: ...` for every module whose low-rank factors disagree on the rank, or that has
+    one half of a LoRA pair only."""
+    problems = []
+    for component, modules in weights.items():
+        for path, params in modules.items():
+            where = path if component == "all" else f"{component}.{path}"
+            for up, up_axis, down, down_axis in _RANK_PAIRS:
+                if (up not in params and down not in params) or _TUCKER_CORE.get(up) in params:
+                    continue
+                if up not in params or down not in params:
+                    have, lack = (up, down) if up in params else (down, up)
+                    problems.append(f"{where}: has {_NAMES.get(have, have)} but no {_NAMES.get(lack, lack)}")
+                    continue
+                a, b = params[up], params[down]
+                if a.ndim <= up_axis or b.ndim <= down_axis or a.shape[up_axis] != b.shape[down_axis]:
+                    problems.append(f"{where}: {_NAMES.get(down, down)} {list(b.shape)} and {_NAMES.get(up, up)} "
+                                    f"{list(a.shape)} disagree on the rank")
+    return problems
