@@ -8,7 +8,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.formats.detect import FAMILY_NAMES
 from sd_lora.formats.names import FAMILY_PREFIXES, model_text_encoder_path
 
-__all__ = ["BaseComponents", "load_base", "components_of"]
+__all__ = ["BaseComponents", "load_base", "components_of", "stored_dtype"]
 
 
 def components_of(pipe, family: str) -> dict[str, torch.nn.Module]:
@@ -47,7 +47,29 @@ class BaseComponents:
         return out
 
 
-def load_base(model, family: str | None = None, allow_pickle: bool = False) -> BaseComponents:
+def stored_dtype(model) -> torch.dtype:
+    """The float dtype a local checkpoint's UNet is stored in (fp32 for hub ids and anything unreadable)."""
+    from pathlib import Path
+
+    from sd_lora.tools.tensorfile import DTYPES, read_header
+
+    path = Path(str(model))
+    files = sorted((path / "unet").glob("*.safetensors")) if path.is_dir() else [path]
+    for file in files:
+        if file.is_file() and file.suffix == ".safetensors":
+            try:
+                header, _, _ = read_header(file)
+            except SdLoraError:
+                break
+            dtypes = [DTYPES[v["dtype"]] for k, v in header.items() if "diffusion_model" in k or path.is_dir()]
+            floats = [d for d in dtypes if d.is_floating_point]
+            if floats:
+                return max(set(floats), key=floats.count)
+    return torch.float32
+
+
+def load_base(model, family: str | None = None, allow_pickle: bool = False,
+              torch_dtype: torch.dtype = torch.float32) -> BaseComponents:
     """`model`: a path / hub id / `builtin:` name, or an already loaded pipeline."""
     from sd_lora.formats.detect import pipeline_family
 
@@ -56,7 +78,7 @@ def load_base(model, family: str | None = None, allow_pickle: bool = False) -> B
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         from sd_lora.models.load import load_pipeline
 
-        pipe, info = load_pipeline(str(model), allow_pickle=allow_pickle)
+        pipe, info = load_pipeline(str(model), allow_pickle=allow_pickle, torch_dtype=torch_dtype)
         found, prediction = info.family, info.prediction_type
     else:
         pipe = model

@@ -6,7 +6,7 @@ attention and MLP layers. Per module: ΔW = W_tuned - W_base in fp32; modules wh
 `min_diff` are skipped and counted; the rest are cut to `rank` (3x3 convs: `conv_rank`) by a randomized SVD
 (`torch.svd_lowrank`, oversampled by 10, 4 power iterations; exact for deltas of rank <= rank + 10; a full
 SVD where the matrix is small) with alpha = rank. `clamp_quantile` clips the factors like kohya's option.
-Only the two models and one module's difference are in memory at any time.
+Only the two models (each in the precision it is stored in) and one module's difference are in memory.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class ExtractReport:
     max_diff: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
-        parts = ", ".join(f"{c} {n} extracted / {self.skipped.get(c, 0)} skipped" for c, n in self.extracted.items())
+        parts = ", ".join(f"{c} {self.extracted.get(c, 0)} extracted / {n} skipped" for c, n in self.skipped.items())
         te = "" if self.text_encoder else " (text encoder not included)"
         return f"extracted {parts} in {self.seconds:.0f} s{te}\n{self.written.summary() if self.written else ''}"
 
@@ -122,7 +122,7 @@ def extract_adapter(base, tuned, output, *, rank: int, conv_rank: int | None = N
 
     `progress`: None (quiet), True (print every few seconds) or a callable(done, total, module name).
     """
-    from sd_lora.tools.basemodel import load_base
+    from sd_lora.tools.basemodel import load_base, stored_dtype
 
     start = time.monotonic()
     paths = [m for m in (base, tuned) if isinstance(m, (str, Path))]
@@ -131,8 +131,9 @@ def extract_adapter(base, tuned, output, *, rank: int, conv_rank: int | None = N
         progress = _printer()
     if rank is None or rank < 1:
         raise SdLoraError("--rank must be a positive integer.")
-    base_c = load_base(base, family, allow_pickle)
-    tuned_c = load_base(tuned, None, allow_pickle)
+    # each model loads in the precision it is stored in (differences are taken in fp32, module by module)
+    base_c = load_base(base, family, allow_pickle, stored_dtype(base) if isinstance(base, (str, Path)) else None)
+    tuned_c = load_base(tuned, None, allow_pickle, stored_dtype(tuned) if isinstance(tuned, (str, Path)) else None)
     if tuned_c.family != base_c.family:
         raise SdLoraError(f"the base is an {FAMILY_NAMES[base_c.family]} model and the tuned one an "
                           f"{FAMILY_NAMES[tuned_c.family]} model; extraction needs two models of one family.")
