@@ -97,7 +97,7 @@ def make_sd1_models(base: Path, tuned: Path) -> None:
     with torch.no_grad():
         for model in (pipe.unet, pipe.text_encoder):
             for p in model.parameters():
-                p.add_((torch.randn(p.shape, generator=g) * 2e-3).half())
+                p.add_((torch.randn(p.shape, generator=g) * 1e-2).half())
     pipe.save_pretrained(str(tuned))
 
 

@@ -2,7 +2,8 @@
 
 Which SVD where (all fp32):
 - a delta given as factors up @ down (LoRA / LoCon inputs, and merges of them): exact SVD through QR of
-  both factors and an SVD of the small r x r core, O((out + in) r^2) instead of O(out in min(out, in));
+  both factors (CholeskyQR2, Householder QR as the fallback) and an SVD of the small r x r core,
+  O((out + in) r^2) instead of O(out in min(out, in));
 - a dense delta when the whole spectrum is needed (dynamic rules, LoHa / LoKr / DoRA inputs):
   `torch.linalg.svd`, exact;
 - a dense delta cut to a fixed rank (extract): `torch.svd_lowrank` (randomized, oversampled by 10 with
@@ -24,10 +25,26 @@ DYNAMIC_RULES = ("sv_ratio", "sv_fro", "sv_cumulative")
 _EPS = 1e-6
 
 
+def _qr(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Thin QR of a tall matrix: CholeskyQR2 (two Gram + Cholesky passes, BLAS-3, ~4x faster than Householder on
+    a CPU; orthogonal to fp32 precision for well-conditioned factors, which is checked), falling back to
+    `torch.linalg.qr` when the Gram matrix is singular or ill-conditioned (rank-deficient factors)."""
+    if a.shape[0] >= a.shape[1]:
+        l1, info = torch.linalg.cholesky_ex(a.T @ a)
+        if not info:
+            q = torch.linalg.solve_triangular(l1, a.T, upper=False).T
+            l2, info = torch.linalg.cholesky_ex(q.T @ q)
+            if not info:
+                q = torch.linalg.solve_triangular(l2, q.T, upper=False).T
+                if bool(torch.isfinite(q).all()) and float((q.T @ q - torch.eye(q.shape[1])).abs().max()) < 1e-4:
+                    return q, l2.T @ l1.T
+    return torch.linalg.qr(a)
+
+
 def factor_svd(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact thin SVD (U, S, Vh) of up @ down ([out, r] @ [r, in]) without forming the product."""
-    qu, ru = torch.linalg.qr(up)
-    qd, rd = torch.linalg.qr(down.T)
+    qu, ru = _qr(up)
+    qd, rd = _qr(down.T)
     u, s, vh = torch.linalg.svd(ru @ rd.T, full_matrices=False)
     return qu @ u, s, vh @ qd.T
 
