@@ -168,11 +168,12 @@ def tiny_pipe():
 
     from sd_lora.inference import load_generation_pipeline
 
-    torch.set_num_threads(1)  # the tiny model is fastest on one thread
-
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is far faster on one thread of a shared CPU
     pipe, info = load_generation_pipeline("builtin:tiny", device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    return pipe, info
+    yield pipe, info
+    torch.set_num_threads(threads)
 
 
 def _images(pipe, info, lora_file, prompts):
