@@ -70,6 +70,13 @@ class TrainConfig:
         if not self.min_timestep < self.max_timestep <= 1000:
             problems.append(f"train.max_timestep: must be > min_timestep ({self.min_timestep}) and <= 1000, "
                             f"got {self.max_timestep}")
+        if self.optimizer == "prodigy":
+            lrs = {self.unet_lr or self.learning_rate, self.text_encoder_lr or self.learning_rate}
+            if len(lrs) > 1 or self.loraplus_lr_ratio not in (None, 1):
+                problems.append(
+                    "train.optimizer = 'prodigy' takes one learning rate for every parameter group (it adapts the step "
+                    "size itself and refuses groups with different lr): remove train.unet_lr / text_encoder_lr / "
+                    "loraplus_lr_ratio, or use optimizer = 'adamw' for separate rates")
         if self.resume_ignore_mismatch and self.resume in (None, "latest"):
             problems.append("train.resume_ignore_mismatch: only with train.resume = a state folder (a path), so that "
                             "'latest' never picks up another run's state; name the folder you mean")
