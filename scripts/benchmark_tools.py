@@ -173,7 +173,8 @@ def measure(case: str, work: Path) -> dict:
     if status != 0:
         return {"case": case, "error": f"exit status {status}"}
     result = json.loads(out.read_text())
-    result.update(case=case, peak_rss=usage.ru_maxrss * 1024)
+    result.update(case=case, peak_rss=usage.ru_maxrss * 1024, cpu=usage.ru_utime + usage.ru_stime,
+                  load=os.getloadavg()[0])
     return result
 
 
@@ -214,16 +215,17 @@ def main() -> int:
             print(f"prepared {case} inputs in {time.monotonic() - t:.0f} s", flush=True)
             r = measure(case, work)
             if "error" in r:
-                rows.append(f"| {case} | - | - | - | failed: {r['error']} |")
+                rows.append(f"| {case} | - | - | - | - | failed: {r['error']} | - | - |")
             else:
                 met, target = TARGETS[case](r, work)
-                rows.append(f"| {case} | {r['seconds']:.1f} s | {r['peak_rss'] / GB:.2f} GiB | {target} | "
-                            f"{'yes' if met else 'NO'} | {r['note']} |")
+                rows.append(f"| {case} | {r['seconds']:.1f} s | {r['cpu']:.1f} s | {r['peak_rss'] / GB:.2f} GiB | "
+                            f"{target} | {'yes' if met else 'NO'} | {r['load']:.1f} | {r['note']} |")
             print(rows[-1], flush=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| case | time | peak RSS | target | met | notes |\n|---|---|---|---|---|---|")
+    print("\n| case | wall time | CPU time | peak RSS | target | met | load avg (1 min) | notes |\n"
+          "|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 

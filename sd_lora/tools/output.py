@@ -1,9 +1,10 @@
 """Write a tool's result as a community adapter file: full metadata, hashes, atomic, read back and checked.
 
-Like `formats.export.save_adapter` (what `train` uses), but from neutral weights instead of peft layers:
-the bytes are serialized with their hashes, written to a temporary file beside the target, read back through
-sd-lora's reader, and compared module by module (and, when models are given, validated against them) before
-the rename. Anything wrong, including a full disk, leaves no file behind.
+Like `formats.export.save_adapter` (what `train` uses), but from neutral weights instead of peft layers and
+streamed (one tensor's bytes at a time): the tensors are serialized with their hashes into a temporary file
+beside the target, which is then parsed back (by safetensors and by sd-lora), checked tensor by tensor for
+names, shapes and dtypes and by SHA-256 for the data, mapped back module by module (and, when models are given,
+validated against them) before the rename. Anything wrong, including a full disk, leaves no file behind.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sd_lora.fileio import atomic_path
 from sd_lora.formats.community import AdapterWeights, adapter_type, from_community, to_community
 from sd_lora.formats.export import weights_facts
 from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, minimum_metadata, unet_layout
-from sd_lora.tools.tensorfile import iter_tensors, read_header, write_with_hashes
+from sd_lora.tools.tensorfile import NAMES, data_sha256, read_header, write_with_hashes
 
 __all__ = ["WriteReport", "write_adapter", "check_output_path", "parse_precision", "TOOL_KEY"]
 
@@ -100,16 +101,21 @@ def _check_space(path: Path, need: int) -> None:
 
 
 def _read_back(tmp: Path, path: Path, weights: AdapterWeights, written: dict[str, torch.Tensor], family: str,
-               unet_config, components) -> dict:
-    """Names map back to the same modules, every tensor reads back equal (one at a time), the models accept it."""
+               unet_config, components, digest: str) -> dict:
+    """The file parses (safetensors' own reader), holds exactly the tensors written with their shapes and dtypes,
+    its data bytes hash to what was serialized, its names map back to the same modules, the models accept it."""
     from safetensors import safe_open
 
-    header, _, start = read_header(tmp)
+    header, meta, start = read_header(tmp)
     with safe_open(str(tmp), framework="pt") as f:  # the library parses the file too (no data touched)
-        if set(f.keys()) != set(written):
-            raise SdLoraError(f"{path}: the written file does not hold the tensors written; it was not kept.")
-    wrong = [k for k, t in iter_tensors(tmp, header, start) if not torch.equal(t, written[k])]
-    meta_back = {k: torch.empty(v["shape"], dtype=written[k].dtype, device="meta") for k, v in header.items()}
+        keys = set(f.keys())
+    wrong = [] if keys == set(written) else sorted(keys ^ set(written))[:3]
+    wrong += [k for k, v in header.items() if k in written and (
+        list(written[k].shape) != v["shape"] or NAMES[written[k].dtype] != v["dtype"])]
+    if data_sha256(tmp, start) != digest or meta.get("sshs_model_hash") != digest:
+        wrong.append("the tensor data (its SHA-256 differs from what was written)")
+    meta_back = {k: torch.empty(v["shape"], dtype=written[k].dtype, device="meta") for k, v in header.items()
+                 if k in written}
     back, problems = from_community(meta_back, family, unet_config)
     wrong += problems
     for component, modules in weights.items():
@@ -149,8 +155,8 @@ def write_adapter(path, weights: AdapterWeights, family: str, unet_config, *, sa
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                size = write_with_hashes(f, tensors, meta)
-            modules = _read_back(tmp, path, weights, tensors, family, unet_config, components)
+                size, digest = write_with_hashes(f, tensors, meta)
+            modules = _read_back(tmp, path, weights, tensors, family, unet_config, components, digest)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise SdLoraError(f"{path}: the disk filled up while writing; nothing was written.") from None

@@ -17,7 +17,7 @@ import torch
 
 from sd_lora.errors import SdLoraError
 
-__all__ = ["read_header", "read_tensors", "iter_tensors", "write_with_hashes"]
+__all__ = ["read_header", "read_tensors", "iter_tensors", "write_with_hashes", "data_sha256"]
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -62,7 +62,9 @@ def iter_tensors(path: Path, header: dict, start: int, keys=None):
             info = header[key]
             a, b = info["data_offsets"]
             f.seek(start + a)
-            raw = bytearray(f.read(b - a))
+            raw = bytearray(b - a)
+            if f.readinto(raw) != b - a:
+                raise SdLoraError(f"{path}: tensor {key!r} could not be read whole (the file changed or is truncated).")
             dtype = DTYPES[info["dtype"]]
             t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
             yield key, t.reshape(info["shape"])
@@ -92,9 +94,9 @@ def _header(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple
     return struct.pack("<Q", len(text)) + text, order
 
 
-def write_with_hashes(f, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
+def write_with_hashes(f, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[int, str]:
     """Write `tensors` to the open binary file `f` with sshs_model_hash / sshs_legacy_hash in the metadata;
-    returns the bytes written. Tensors are turned into bytes one at a time (twice: hash, then write)."""
+    returns (bytes written, the data's SHA-256). Tensors become bytes one at a time (twice: hash, then write)."""
     draft = {**metadata, "sshs_model_hash": "0" * 64, "sshs_legacy_hash": "0" * 8}
     prefix, order = _header(tensors, draft)
     digest, window, pos = hashlib.sha256(), bytearray(), 0
@@ -119,4 +121,14 @@ def write_with_hashes(f, tensors: dict[str, torch.Tensor], metadata: dict[str, s
     f.write(prefix2)
     for key in order:
         f.write(_bytes(tensors[key]))
-    return pos
+    return pos, final["sshs_model_hash"]
+
+
+def data_sha256(path: Path, start: int, chunk: int = 16 << 20) -> str:
+    """SHA-256 of a file's bytes from `start` on (the data region: `sshs_model_hash`), read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -137,3 +137,30 @@ def test_bad_inputs(files, tmp_path):
     with pytest.raises(SdLoraError, match="different model families"):
         merge_adapters([files["a"], sd2], tmp_path / "o.safetensors")
     assert not list(tmp_path.glob("o.safetensors*")) and not list(tmp_path.glob(".o.safetensors*"))
+
+
+def test_any_input_format_and_sdxl_names(files, tmp_path):
+    """A diffusers-format copy of an input merges like the community file; SDXL names and layout survive."""
+    from sd_lora.formats import convert_file
+
+    diff = convert_file(files["b"], tmp_path / "b_diffusers.safetensors", "diffusers", "sd1")
+    m1, m2 = tmp_path / "m1.safetensors", tmp_path / "m2.safetensors"
+    merge_adapters([files["a"], files["b"]], m1, save_precision="fp32")
+    merge_adapters([files["a"], diff], m2, save_precision="fp32")
+    one, two = modules_of(m1), modules_of(m2)
+    assert set(one) == set(two)
+    for name in one:
+        assert torch.allclose(delta(one[name]), delta(two[name]), atol=1e-6), name
+
+    xl = save_random_adapter(tiny("sdxl"), tmp_path / "xl.safetensors", "sdxl", seed=9)
+    out = tmp_path / "xl2.safetensors"
+    merge_adapters([f"{xl}:0.5", f"{xl}:0.5"], out, save_precision="fp32")  # = the input's delta
+    before, after = modules_of(xl), modules_of(out)
+    assert set(before) == set(after) and any(n.startswith("lora_te2_") for n in after)
+    assert any(n.startswith("lora_unet_input_blocks_") for n in after)
+    for name in before:
+        assert torch.allclose(delta(after[name]), delta(before[name]), atol=1e-6), name
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert "sd_lora.unet_layout" in f.metadata() and f.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
