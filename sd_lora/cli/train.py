@@ -20,7 +20,10 @@ def run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.validate:
+        from sd_lora.models.load import describe_source
+
         print(dump_config(cfg))
+        print(f"model: {describe_source(cfg.model.pretrained, cfg.model.revision)}")
         print("config OK")
         return 0
     if args.dry_run:

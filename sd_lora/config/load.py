@@ -16,6 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from sd_lora.config.schema import Config
+from sd_lora.config.sources import looks_like_path
 from sd_lora.errors import SdLoraError
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "dump_config", "parse_overrides"]
@@ -108,7 +109,10 @@ def _convert(value: Any, tp, where: str, problems: list[str], base_dir: Path | N
         value = float(value)
     if is_path and tp is str and value and base_dir is not None and not value.startswith("builtin:"):
         candidate = Path(value).expanduser()
-        if not candidate.is_absolute() and (value.startswith(".") or (base_dir / candidate).exists() or "/" in value):
+        # model.pretrained (path="model") may be a hub id such as org/name: a path only if it looks like one
+        looks = looks_like_path(value, base_dir) if is_path == "model" else \
+            value.startswith(".") or (base_dir / candidate).exists() or "/" in value
+        if not candidate.is_absolute() and looks:
             value = str((base_dir / candidate).resolve())
     return value
 
@@ -129,9 +133,10 @@ def _build(cls, data: dict, where: str, problems: list[str], base_dir: Path | No
         converted = _convert(value, hints[key], name, problems, base_dir, fields[key].metadata.get("path", False))
         if len(problems) == before:
             kwargs[key] = converted
-    obj = cls(**kwargs)
-    if hasattr(obj, "validate") and len(problems) == start:
-        problems.extend(obj.validate())
+    obj = cls(**kwargs)  # keys with a problem keep their defaults, so the section's own rules still run
+    if hasattr(obj, "validate"):
+        reported = {p.split(":", 1)[0] for p in problems[start:]}
+        problems.extend(p for p in obj.validate() if p.split(":", 1)[0] not in reported)
     return obj
 
 

@@ -19,7 +19,7 @@ __all__ = ["ModelConfig", "NetworkConfig", "TrainConfig", "SampleConfig", "Outpu
 
 @dataclass
 class ModelConfig:
-    pretrained: str = _f("builtin:tiny", "Base model: 'builtin:tiny', a local diffusers directory, or a hub id.", path=True)
+    pretrained: str = _f("builtin:tiny", "Base model: 'builtin:tiny', a local diffusers directory, a single-file checkpoint (.safetensors/.ckpt), or a hub id (org/name; cached copies load offline).", path="model")
     family: Literal["sd1", "sd2", "sdxl"] | None = _f(None, "Override the family detected from the model's config.")
     prediction_type: Literal["epsilon", "v_prediction"] | None = _f(
         None, "Override the prediction type read from the scheduler config.")

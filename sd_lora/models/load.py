@@ -10,14 +10,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from sd_lora.config.sources import MODEL_FILE_SUFFIXES, looks_like_path
 from sd_lora.errors import SdLoraError
+from sd_lora.logs import quiet_libraries
+from sd_lora.models.compat import dtype_kwarg
 
-__all__ = ["BaseModelInfo", "resolve_pretrained", "detect_family", "inspect_model", "load_pipeline", "BUILTIN_DIR"]
+__all__ = ["BaseModelInfo", "resolve_pretrained", "describe_source", "download_hub_model", "detect_family", "inspect_model",
+           "load_pipeline", "BUILTIN_DIR"]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
-_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# components a Stable Diffusion pipeline cannot run without (safety checker, feature extractor are optional)
+_REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class BaseModelInfo:
 
 
 def resolve_pretrained(pretrained: str) -> tuple[str, bool]:
-    """Map `builtin:NAME` to its directory; return (location, is_local)."""
+    """Map `builtin:NAME` to its directory; return (location, is_local). A hub id is returned as it is."""
     if pretrained.startswith("builtin:"):
         name = pretrained.split(":", 1)[1]
         path = BUILTIN_DIR / name
@@ -40,21 +43,82 @@ def resolve_pretrained(pretrained: str) -> tuple[str, bool]:
             known = sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "model_index.json").is_file()) if BUILTIN_DIR.is_dir() else []
             raise SdLoraError(f"model.pretrained: no built-in model {name!r}; built-in models: {', '.join(known) or 'none'}")
         return str(path), True
+    if not looks_like_path(pretrained):
+        return pretrained, False  # a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5"
     path = Path(pretrained).expanduser()
-    looks_like_path = path.exists() or pretrained.startswith((".", "/", "~")) or pretrained.endswith(_SINGLE_FILE_SUFFIXES) \
-        or pretrained.count("/") > 1 or "\\" in pretrained
-    if not looks_like_path:
-        return pretrained, False  # a hub id such as "runwayml/stable-diffusion-v1-5"
     if not path.exists():
         raise SdLoraError(f"model.pretrained: {pretrained!r} does not exist; give a diffusers model directory, "
-                          "a hub id (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') or 'builtin:tiny'")
-    if path.is_dir() and not (path / "model_index.json").is_file():
-        raise SdLoraError(f"model.pretrained: {pretrained!r} is a directory but not a diffusers model "
-                          "(no model_index.json); point at the folder that holds model_index.json, unet/, vae/ …")
-    if path.is_file() and not pretrained.endswith(_SINGLE_FILE_SUFFIXES):
+                          "a single-file checkpoint, a hub id (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') "
+                          "or 'builtin:tiny'")
+    if path.is_dir():
+        _check_diffusers_dir(path, pretrained)
+    if path.is_file() and not pretrained.endswith(MODEL_FILE_SUFFIXES):
         raise SdLoraError(f"model.pretrained: {pretrained!r} is a file but not a checkpoint "
-                          f"(expected one of {', '.join(_SINGLE_FILE_SUFFIXES)}) or a diffusers directory")
+                          f"(expected one of {', '.join(MODEL_FILE_SUFFIXES)}) or a diffusers directory")
     return str(path), True
+
+
+def _check_diffusers_dir(path: Path, shown: str) -> None:
+    """A diffusers folder holds model_index.json and one folder per component it lists: name what is missing."""
+    if not (path / "model_index.json").is_file():
+        raise SdLoraError(f"model.pretrained: {shown!r} is a directory but not a diffusers model "
+                          "(no model_index.json); point at the folder that holds model_index.json, unet/, vae/ …")
+    index = _read_json(path / "model_index.json", "model_index.json")
+    needed = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+              and value[0] is not None and name in _REQUIRED_COMPONENTS]
+    missing = [name for name in needed if not (path / name).is_dir()]
+    if missing:
+        raise SdLoraError(f"model.pretrained: {shown!r} lists {', '.join(missing)} in model_index.json but has no "
+                          f"{', '.join(m + '/' for m in missing)} folder; copy the complete model (every component "
+                          "folder) or point at another one")
+
+
+def describe_source(pretrained: str, revision: str | None = None) -> str:
+    """One line saying what `pretrained` is and where it comes from (for --validate and the start of a run)."""
+    if pretrained.startswith("builtin:"):
+        return f"built-in model {pretrained}"
+    location, is_local = resolve_pretrained(pretrained)
+    if is_local:
+        kind = "diffusers folder" if Path(location).is_dir() else "single-file checkpoint"
+        return f"{kind} {location}"
+    rev = f" at revision {revision}" if revision else ""
+    cached = _cached_file(pretrained, "model_index.json", revision)
+    state = f"cached in {Path(cached).parent}" if cached else \
+        ("not cached, and HF_HUB_OFFLINE=1 forbids downloading it" if _offline() else "not cached yet: downloads on first use")
+    return f"hub id {pretrained}{rev} ({state})"
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def download_hub_model(repo_id: str, revision: str | None = None) -> str:
+    """The local snapshot folder of hub model `repo_id` (only the files a pipeline needs; from the cache when there)."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    if _offline() and not _cached_file(repo_id, "model_index.json", revision):
+        rev = f" --revision {revision}" if revision else ""
+        raise SdLoraError(f"model.pretrained: the hub model {repo_id!r} is not in the Hugging Face cache "
+                          f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it. Download it once "
+                          f"with network access (`hf download {repo_id}{rev}`, or run again without HF_HUB_OFFLINE), "
+                          "or point model.pretrained at a local folder or file")
+    try:
+        return str(DiffusionPipeline.download(repo_id, revision=revision))
+    except Exception as e:  # the hub client raises many types (HTTP, repo/revision not found, offline, OS)
+        rev = f" at revision {revision!r}" if revision else ""
+        raise SdLoraError(f"model.pretrained: could not get the hub model {repo_id!r}{rev}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}. Check the id and revision, your network and "
+                          "login (`hf auth login` for gated models), or use a local folder") from e
 
 
 def detect_family(model_index: dict, unet_config: dict) -> str:
@@ -74,16 +138,17 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def inspect_model(pretrained: str, family: str | None = None, prediction_type: str | None = None,
-                  allow_pickle: bool = False) -> BaseModelInfo:
-    """Read family and prediction type from a local model's config files (or a single file's key names),
-    without loading weights.
-
-    Hub ids are inspected after download by `load_pipeline`; here they get the overrides or sd1/epsilon.
-    """
+                  allow_pickle: bool = False, revision: str | None = None) -> BaseModelInfo:
+    """Read family and prediction type from a model's config files (or a single file's key names), without
+    loading weights. A hub id is read from the Hugging Face cache when it is there; otherwise it gets the
+    overrides or sd1/epsilon until `load_pipeline` has downloaded it."""
     location, is_local = resolve_pretrained(pretrained)
     detected_family, detected_pred = "sd1", "epsilon"
-    if is_local and Path(location).is_dir():
-        root = Path(location)
+    root = Path(location) if is_local else None
+    if not is_local:
+        cached = _cached_file(pretrained, "model_index.json", revision)
+        root = Path(cached).parent if cached else None
+    if root is not None and root.is_dir():
         index = _read_json(root / "model_index.json", "model_index.json")
         if "unet" not in index:
             raise SdLoraError(f"model.pretrained: {pretrained!r} is a diffusers model without a UNet "
@@ -100,7 +165,8 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
     return BaseModelInfo(pretrained, location, family or detected_family, prediction_type or detected_pred, is_local)
 
 
-def _quantized_unet(location: str, is_local: bool, quantize: str, torch_dtype: torch.dtype):
+def _quantized_unet(location: str, is_local: bool, quantize: str, torch_dtype):
+    import torch
     from diffusers import BitsAndBytesConfig, UNet2DConditionModel
 
     if quantize == "nf4":
@@ -108,19 +174,27 @@ def _quantized_unet(location: str, is_local: bool, quantize: str, torch_dtype: t
     else:
         qcfg = BitsAndBytesConfig(load_in_8bit=True)
     return UNet2DConditionModel.from_pretrained(location, subfolder="unet", quantization_config=qcfg,
-                                                torch_dtype=torch_dtype, local_files_only=is_local)
+                                                local_files_only=is_local, **dtype_kwarg(torch_dtype))
 
 
 def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type: str | None = None,
-                  torch_dtype: torch.dtype = torch.float32, allow_pickle: bool = False, quantize: str | None = None):
+                  torch_dtype=None, allow_pickle: bool = False, quantize: str | None = None,
+                  revision: str | None = None):
     """Load the whole diffusers pipeline; returns (pipeline, BaseModelInfo).
 
+    A hub id is fetched into (or read from) the Hugging Face cache first, then loaded from that folder.
     `quantize` ('nf4' / 'int8') loads the UNet through bitsandbytes (CUDA only; the caller checks).
     """
+    import torch
+
+    quiet_libraries()
     from diffusers import DiffusionPipeline
 
-    info = inspect_model(pretrained, family, prediction_type, allow_pickle)
-    if info.is_local and Path(info.location).is_file():
+    torch_dtype = torch_dtype or torch.float32
+    location, is_local = resolve_pretrained(pretrained)
+    if not is_local:
+        location = download_hub_model(pretrained, revision)
+    if Path(location).is_file():
         from sd_lora.models.single_file import load_single_file_pipeline
 
         if quantize:
@@ -128,24 +202,20 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
                 "model.quantize: not supported for single-file checkpoints; convert the checkpoint to a diffusers "
                 "directory first, offline: python -c \"from sd_lora.models.single_file import load_single_file_pipeline "
                 "as f; f('MODEL.safetensors')[0].save_pretrained('MODEL_DIR')\" and set model.pretrained to that folder")
-        pipe, fam = load_single_file_pipeline(info.location, family=family, prediction_type=prediction_type,
+        pipe, fam = load_single_file_pipeline(location, family=family, prediction_type=prediction_type,
                                               torch_dtype=torch_dtype, allow_pickle=allow_pickle)
-        return pipe, BaseModelInfo(pretrained, info.location, fam, pipe.scheduler.config.prediction_type, True)
-    kwargs = dict(torch_dtype=torch_dtype, local_files_only=info.is_local)
+        return pipe, BaseModelInfo(pretrained, location, fam, pipe.scheduler.config.prediction_type, True)
+    _check_diffusers_dir(Path(location), pretrained)
+    info = inspect_model(location, family, prediction_type, allow_pickle)
+    kwargs = dict(local_files_only=True, **dtype_kwarg(torch_dtype))
     if quantize:
-        kwargs["unet"] = _quantized_unet(info.location, info.is_local, quantize, torch_dtype)
+        kwargs["unet"] = _quantized_unet(location, True, quantize, torch_dtype)
     if info.family != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = DiffusionPipeline.from_pretrained(info.location, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as e:
-        where = "local directory" if info.is_local else "hub id (needs network, or a cached copy)"
-        raise SdLoraError(f"model.pretrained: could not load {pretrained!r} as a {where}: {e}") from e
-    if not info.is_local:
-        unet_cfg = dict(pipe.unet.config)
-        components = {k: None for k in pipe.components}
-        info = BaseModelInfo(pretrained, info.location, family or detect_family(components, unet_cfg),
-                             prediction_type or pipe.scheduler.config.get("prediction_type", "epsilon"), False)
+        raise SdLoraError(f"model.pretrained: could not load {pretrained!r} from {location}: {e}") from e
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise SdLoraError(f"model.pretrained: {pretrained!r} is not a Stable Diffusion pipeline ({type(pipe).__name__})")
-    return pipe, info
+    return pipe, BaseModelInfo(pretrained, location, info.family, info.prediction_type, is_local)

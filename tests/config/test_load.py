@@ -91,3 +91,12 @@ def test_dump_round_trips(tmp_path):
     cfg = load_config(write(tmp_path, "[network]\nrank = 8\nunet_targets = ['attn2.to_q', 'attn2.to_v']\n"))
     again = load_config(write(tmp_path, dump_config(cfg), "again.toml"))
     assert again == cfg
+
+
+def test_a_type_error_does_not_hide_the_sections_other_problems():
+    from sd_lora.config.load import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"train": {"max_steps": "ten", "learning_rate": float("nan"), "batch_size": 0}})
+    keys = [p.split(":", 1)[0] for p in e.value.problems]
+    assert sorted(keys) == ["train.batch_size", "train.learning_rate", "train.max_steps"]
