@@ -8,7 +8,33 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes"]
+from sd_lora.errors import SdLoraError
+
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "current_umask", "give_umask_modes", "write_errors"]
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask can only set-and-return)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_modes(path: str | Path) -> None:
+    """Give `path` (and, for a folder, everything in it) the modes a plain open()/mkdir() would have: temporary
+    files (mkstemp) and safetensors' files are 0600, which services running as another user cannot read."""
+    mask = current_umask()
+    path = Path(path)
+    items = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in items:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 @contextlib.contextmanager
@@ -26,6 +52,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        give_umask_modes(tmp_path)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -40,3 +67,15 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(target: str | Path, text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def write_errors(what: str, then: str = "") -> Iterator[None]:
+    """Turn a failed write (disk full, file too large, permission denied) into one clear error. The writes inside
+    are atomic, so everything saved before is still intact."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        raise SdLoraError(f"could not write {what}: {e.strerror or e}{where}. The files saved before are intact; "
+                          f"free some space or fix the permissions{then}.") from e

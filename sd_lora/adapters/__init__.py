@@ -12,6 +12,7 @@ from sd_lora.adapters import loha, lokr, lora
 from sd_lora.adapters.spec import AdapterSpec
 from sd_lora.adapters.targets import resolve_targets
 from sd_lora.errors import SdLoraError
+from sd_lora.logs import adding_adapter
 
 __all__ = ["METHODS", "AdapterSpec", "adapter_spec", "build_peft_config", "inject", "trainable_parameters"]
 
@@ -50,7 +51,8 @@ def inject(model: torch.nn.Module, config, adapter_name: str = "default") -> int
     if adapter_name in (getattr(model, "peft_config", None) or {}):
         raise SdLoraError(f"network: the {type(model).__name__} already holds an adapter named {adapter_name!r}.")
     try:
-        inject_adapter_in_model(config, model, adapter_name=adapter_name)
+        with adding_adapter():
+            inject_adapter_in_model(config, model, adapter_name=adapter_name)
     except ValueError as e:
         raise SdLoraError(f"network: could not add the adapter to the {type(model).__name__}: {e}") from e
     model._hf_peft_config_loaded = True

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from sd_lora.errors import SdLoraError
+from sd_lora.logs import is_verbose, set_verbose
 
 __all__ = ["main"]
 
@@ -37,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         modules[name] = module
         module.add_parser(sub, name)
+        sub.choices[name].add_argument("--verbose", action="store_true",
+                                       help="show the libraries' own messages and progress bars too")
     args = parser.parse_args(argv)
+    set_verbose(args.verbose or is_verbose())
     try:
         return int(modules[args.command].run(args) or 0)
     except SdLoraError as e:

@@ -18,6 +18,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.formats.community import LOHA_PARAMS, LOKR_PARAMS, AdapterWeights
 from sd_lora.formats.lycoris import lokr_config, loha_config, lokr_export_params
 from sd_lora.formats.names import canonical_text_encoder_path
+from sd_lora.logs import adding_adapter
 
 __all__ = ["collect_adapter_weights", "peft_adapter_for", "inject", "remove_adapter", "adapted_modules"]
 
@@ -170,7 +171,8 @@ def inject(model: torch.nn.Module, modules: dict[str, dict[str, torch.Tensor]], 
     config, state = peft_adapter_for(modules, shapes)
     dtype = named[next(iter(modules))].weight.dtype
     try:
-        inject_adapter_in_model(config, model, adapter_name=adapter_name)
+        with adding_adapter():
+            inject_adapter_in_model(config, model, adapter_name=adapter_name)
         created = _created_shapes(model, adapter_name)
         wrong = sorted(set(created) ^ set(state)) or [k for k, v in state.items() if created[k] != tuple(v.shape)]
         if wrong:

@@ -3,10 +3,17 @@
 A checkpoint folder `{output.dir}/checkpoints/step-NNNNNN/` holds accelerate's optimiser, RNG and
 custom states plus one `adapter_<component>.safetensors` per adapted model — never the frozen base
 (accelerate would save whole models; the hooks below swap in the adapter tensors).
+
+Crash-safe: a state is written into `.step-NNNNNN.partial/`, its marker file `sd_lora_state.json` last (holding
+the step and what the run was: base model, network, data, seed), then renamed into place. A folder without the
+marker is incomplete and never resumed; `latest` is the newest complete state of *this* run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,10 +23,13 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from sd_lora.errors import SdLoraError
+from sd_lora.fileio import atomic_write_text, give_umask_modes
 
-__all__ = ["TrainingState", "install_adapter_only_hooks", "checkpoint_dir", "find_checkpoint", "prune"]
+__all__ = ["TrainingState", "install_adapter_only_hooks", "checkpoint_dir", "find_checkpoint", "prune",
+           "run_fingerprint", "save_state", "check_fingerprint", "load_matching_state", "MARKER"]
 
 _STEP_DIR = re.compile(r"step-(\d+)$")
+MARKER = "sd_lora_state.json"
 
 
 class TrainingState:
@@ -72,33 +82,160 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step-{step:06d}"
 
 
+def run_fingerprint(cfg, scan) -> dict:
+    """What a state must share with the run that resumes it: base model, network shape, data, seed, learning setup."""
+    n, t = cfg.network, cfg.train
+    data = hashlib.sha256()
+    for subset in scan.subsets:
+        data.update(f"{subset.spec.num_repeats}|{subset.spec.is_reg}\n".encode())
+        for r in sorted(subset.records, key=lambda r: r.path.name):
+            data.update(f"{r.path.name}|{r.caption}|{r.width}x{r.height}\n".encode())
+    return {
+        "base model": f"{cfg.model.pretrained}@{cfg.model.revision}" if cfg.model.revision else cfg.model.pretrained,
+        "network": {"type": n.type, "rank": n.rank, "alpha": n.alpha, "conv_rank": n.conv_rank,
+                    "conv_alpha": n.conv_alpha, "dora": n.dora, "rslora": n.rslora, "preset": n.preset,
+                    "unet_targets": n.unet_targets, "unet_target_regex": n.unet_target_regex,
+                    "train_text_encoder": n.train_text_encoder, "text_encoder_targets": n.text_encoder_targets,
+                    "lokr_factor": n.lokr_factor},
+        "dataset": data.hexdigest()[:16],
+        "seed": t.seed,
+        "optimizer": t.optimizer,
+    }
+
+
+# fields a user may override with train.resume_ignore_mismatch; the network's shape never (the tensors would not fit)
+_OVERRIDABLE = ("base model", "dataset", "seed", "optimizer")
+
+
+def check_fingerprint(state: Path, saved: dict, current: dict, ignore_mismatch: bool) -> list[str]:
+    """Refuse a state saved by a different run, naming each difference; return the differences overridden."""
+    diffs = []
+    for key in current:
+        if key == "network":
+            for name, value in current[key].items():
+                if saved.get(key, {}).get(name) != value:
+                    diffs.append((f"network.{name}", saved.get(key, {}).get(name), value))
+        elif saved.get(key) != current[key]:
+            diffs.append((key, saved.get(key), current[key]))
+    if not diffs:
+        return []
+    listed = "\n  ".join(f"{name}: state {old!r}, this run {new!r}" for name, old, new in diffs)
+    fixed = [d for d in diffs if d[0].startswith("network.")]
+    if ignore_mismatch and not fixed:
+        return [f"{name}: state {old!r}, this run {new!r}" for name, old, new in diffs]
+    hint = ("the network's shape cannot be changed on resume; train it from scratch (remove train.resume) or use a "
+            "new output.dir" if fixed else
+            "use another output.dir for a new run, or, to continue this state anyway, set train.resume to its folder "
+            "and train.resume_ignore_mismatch = true")
+    raise SdLoraError(f"train.resume: {state} was saved by a different run:\n  {listed}\n{hint}")
+
+
+def save_state(accelerator, output_dir: str | Path, step: int, fingerprint: dict) -> Path:
+    """Write the state of `step` crash-safely (see the module docstring); returns its folder."""
+    final = checkpoint_dir(output_dir, step)
+    partial = final.with_name(f".{final.name}.partial")
+    if accelerator.is_main_process:
+        _clean_stale(final.parent)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _complete(partial, final, {"step": step, **fingerprint})
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # never leave half a state behind
+        raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _complete(partial: Path, final: Path, marker: dict) -> None:
+    for path in partial.rglob("*"):
+        if path.is_file():
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+    atomic_write_text(partial / MARKER, json.dumps(marker, indent=1) + "\n")  # last: the state is complete
+    give_umask_modes(partial)
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():  # the same step saved again (a resumed run): swap, then drop the old one
+        os.replace(final, old)
+    os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_stale(root: Path) -> None:
+    """Leftovers of saves that were killed midway (only one run uses an output.dir at a time: see RunLock)."""
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith(".step-") and path.name.endswith((".partial", ".old")):
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def _checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     root = Path(output_dir) / "checkpoints"
     found = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_DIR.search(p.name)) and p.is_dir()]
     return sorted(found)
 
 
-def find_checkpoint(output_dir: str | Path, resume: str) -> Path:
-    """'latest' -> the newest checkpoint under output_dir; otherwise `resume` must be a checkpoint folder."""
-    if resume == "latest":
-        found = _checkpoints(output_dir)
-        if not found:
-            raise SdLoraError(f"train.resume = 'latest' but {Path(output_dir) / 'checkpoints'} holds no checkpoint; "
-                              "set output.save_every_n_steps to make some, or remove train.resume")
-        return found[-1][1]
-    path = Path(resume)
-    if not (path.is_dir() and any(path.glob("adapter_*.safetensors"))):
-        raise SdLoraError(f"train.resume: {resume!r} is not a checkpoint folder (expected output.dir/checkpoints/"
-                          "step-NNNNNN with adapter_*.safetensors)")
+def load_matching_state(accelerator, output_dir: str | Path, resume: str, fingerprint: dict,
+                        ignore_mismatch: bool) -> Path:
+    """Find the state `resume` names, check it belongs to this run, load it; returns its folder."""
+    path, marker, skipped = find_checkpoint(output_dir, resume)
+    for incomplete in skipped:
+        accelerator.print(f"note: skipped the incomplete state {incomplete} (its save was interrupted)")
+    for difference in check_fingerprint(path, marker, fingerprint, ignore_mismatch):
+        accelerator.print(f"note: resuming despite a difference (train.resume_ignore_mismatch): {difference}")
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, ValueError, KeyError, OSError, EOFError) as e:
+        raise SdLoraError(f"train.resume: could not load the state {path}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return path
 
 
-def prune(output_dir: str | Path, keep: int, adapter_glob: str) -> None:
-    """Keep the newest `keep` checkpoints and intermediate adapter files (0: keep everything)."""
+def read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def find_checkpoint(output_dir: str | Path, resume: str) -> tuple[Path, dict, list[Path]]:
+    """The state to resume: (folder, its marker, incomplete folders skipped). 'latest' -> the newest complete state
+    under output_dir; otherwise `resume` must be a complete state folder."""
+    if resume == "latest":
+        found = _checkpoints(output_dir)
+        skipped = []
+        for _, path in reversed(found):
+            marker = read_marker(path)
+            if marker is not None:
+                return path, marker, skipped
+            skipped.append(path)
+        where = Path(output_dir) / "checkpoints"
+        incomplete = f" ({len(skipped)} incomplete: {', '.join(p.name for p in skipped)})" if skipped else ""
+        raise SdLoraError(f"train.resume = 'latest' but {where} holds no complete state{incomplete}; "
+                          "set output.save_every_n_steps to make some, or remove train.resume")
+    path = Path(resume)
+    if not path.is_dir():
+        raise SdLoraError(f"train.resume: {resume!r} is not a state folder (expected output.dir/checkpoints/"
+                          "step-NNNNNN)")
+    marker = read_marker(path)
+    if marker is None:
+        raise SdLoraError(f"train.resume: {resume!r} is not a complete sd-lora state (no {MARKER}: the save was "
+                          "interrupted, or it is another tool's folder); pick another state or train.resume = 'latest'")
+    return path, marker, []
+
+
+def prune(output_dir: str | Path, keep: int, name: str) -> None:
+    """Keep the newest `keep` states and intermediate adapter files `{name}-stepNNNNNN.safetensors` (0: keep all).
+
+    Only files of exactly that pattern are touched: `name` is matched literally (a name like 's[v]' is no glob)."""
     if keep <= 0:
         return
     for _, path in _checkpoints(output_dir)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
-    adapters = sorted(Path(output_dir).glob(adapter_glob))
+    pattern = re.compile(re.escape(name) + r"-step\d{6,}\.safetensors")
+    adapters = sorted(p for p in Path(output_dir).iterdir() if p.is_file() and pattern.fullmatch(p.name))
     for path in adapters[:-keep]:
         path.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """The LoRA training recipe, top to bottom.
 
-    setup():  check environment -> scan data (before any model loads) -> accelerator -> models
-              -> adapters -> optimiser + LR schedule -> data loader -> trackers -> resume
+    setup():  check environment -> accelerator -> output dir (writable, locked) -> scan data and print the plan
+              (before any model loads) -> models -> class images -> adapters -> data loader -> optimiser + LR
+              schedule -> trackers -> resume (only a complete state of this same run)
     train():  epoch -> batch -> accumulation step -> (log, sample, save) -> stop on signal / NaN
     save():   the adapter in the community (or diffusers) format, checked by reading it back
 
@@ -12,28 +13,29 @@ and on the tiny built-in model on a CPU, and unchanged under `accelerate launch`
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import math
-import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from sd_lora.adapters import adapter_spec, build_peft_config, inject
+from sd_lora.adapters import adapter_spec, build_peft_config, inject, trainable_parameters
 from sd_lora.config.load import dump_config
 from sd_lora.config.schema import Config
 from sd_lora.errors import SdLoraError
-from sd_lora.fileio import atomic_write_text
+from sd_lora.fileio import atomic_write_text, write_errors
 from sd_lora.models.encode import PromptEmbeds, encode_latents, encode_prompts, sdxl_time_ids
-from sd_lora.models.load import load_pipeline
-from sd_lora.train import checkpoint, loss as L
+from sd_lora.models.load import describe_source, load_pipeline
+from sd_lora.train import checkpoint, loss as L, preflight, trackers
 from sd_lora.train.facts import training_facts
 from sd_lora.train.optim import build_lr_scheduler, build_optimizer, param_groups
+from sd_lora.train.progress import Progress
+from sd_lora.train.signals import StopSignals
 
 __all__ = ["TrainResult", "LoRARecipe", "run_training"]
 
@@ -55,9 +57,14 @@ class LoRARecipe:
         self.cfg = cfg
         self.losses: list[float] = []
         self.step_times: list[float] = []  # perf_counter() at the end of each optimiser step
-        self.stop_signal: str | None = None
+        self.signals = StopSignals()
         self.validation_losses: list[tuple[int, float]] = []
         self.out_dir = Path(cfg.output.dir)
+        self.lock = preflight.RunLock(self.out_dir)
+
+    @property
+    def stop_signal(self) -> str | None:
+        return self.signals.requested
 
     @property
     def global_step(self) -> int:
@@ -65,11 +72,13 @@ class LoRARecipe:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        self._check_environment()
-        self._setup_data_scan()  # an empty dataset fails in milliseconds, before any model loads
+        preflight.check_environment(self.cfg)
         self._setup_accelerator()
+        self._setup_output_dir()
+        self._setup_data_scan()  # an empty dataset fails in milliseconds, and the plan shows, before any model loads
         self._setup_models()
         self._setup_class_images()  # with the base model, before adapters exist
+        self.fingerprint = checkpoint.run_fingerprint(self.cfg, self.scan)  # what a resumed state must match
         self._setup_adapters()
         self._setup_dataloader()
         self._setup_optimizer()
@@ -77,44 +86,37 @@ class LoRARecipe:
         if self.cfg.train.resume:
             self._resume(self.cfg.train.resume)
 
-    def _check_environment(self) -> None:
-        log_with = self.cfg.output.log_with
-        if log_with in ("tensorboard", "wandb") and importlib.util.find_spec(log_with) is None:
-            raise SdLoraError(f"output.log_with = {log_with!r} but {log_with} is not installed; install it with "
-                              f"`pip install 'sd-lora[{log_with}]'`, or set output.log_with = 'none'")
-        if self.cfg.train.attention == "xformers" and importlib.util.find_spec("xformers") is None:
-            raise SdLoraError("train.attention = 'xformers' but xformers is not installed; "
-                              "install it with `pip install 'sd-lora[xformers]'` or use attention = 'sdpa'")
-        if self.cfg.model.quantize:
-            if importlib.util.find_spec("bitsandbytes") is None:
-                raise SdLoraError(f"model.quantize = {self.cfg.model.quantize!r} needs bitsandbytes: "
-                                  "pip install 'sd-lora[bnb]'")
-            if not torch.cuda.is_available():
-                raise SdLoraError(f"model.quantize = {self.cfg.model.quantize!r} runs on CUDA only (bitsandbytes); "
-                                  "remove it to train the unquantised model on this machine")
+    def _setup_output_dir(self) -> None:
+        """Writable, and ours alone: found before any model loads, not after the last step."""
+        if self.accelerator.is_main_process:
+            preflight.check_output_dir(self.out_dir)
+            self.lock.acquire()
+        self.accelerator.wait_for_everyone()
 
     def _setup_data_scan(self) -> None:
-        from sd_lora.data import scan_dataset
+        from sd_lora.data import format_plan, scan_dataset
+        from sd_lora.train.plan import plan_for
 
         self.scan = scan_dataset(self.cfg.data)
-        for warning in self.scan.warnings:
-            print(f"warning: {warning}")
+        if self.accelerator.is_main_process:
+            for warning in self.scan.warnings:
+                print(f"warning: {warning}")
+            print(format_plan(plan_for(self.cfg, self.scan, self.accelerator.num_processes)))
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
-        t, o = self.cfg.train, self.cfg.output
-        log_with = o.log_with
-        if log_with == "auto":
-            log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+        t = self.cfg.train
         self.accelerator = Accelerator(
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps,
-            log_with=None if log_with == "none" else log_with,
+            log_with=trackers.tracker_name(self.cfg.output.log_with), cpu=preflight.needs_cpu_process_group(),
             project_config=ProjectConfiguration(project_dir=str(self.out_dir), logging_dir=str(self.out_dir / "logs")))
+        preflight.check_process_group(self.accelerator)
         set_seed(t.seed)
-        # Noise and timesteps come from our own CPU generator: reproducible on any device, and resumable.
-        self.state = checkpoint.TrainingState(torch.Generator().manual_seed(t.seed + self.accelerator.process_index))
+        # Noise and timesteps come from our own CPU generator, the same in every process: reproducible on any
+        # device, resumable, and independent of how a global batch is split over processes (see _draw_noise).
+        self.state = checkpoint.TrainingState(torch.Generator().manual_seed(t.seed))
         self.generator = self.state.generator
         self.accelerator.register_for_checkpointing(self.state)
 
@@ -122,9 +124,12 @@ class LoRARecipe:
         from diffusers import DDPMScheduler
 
         m, t = self.cfg.model, self.cfg.train
+        self.accelerator.print(f"model: {describe_source(m.pretrained, m.revision)}")
         pipe, self.model_info = load_pipeline(m.pretrained, family=m.family, prediction_type=m.prediction_type,
-                                              allow_pickle=m.allow_pickle, quantize=m.quantize)
+                                              allow_pickle=m.allow_pickle, quantize=m.quantize, revision=m.revision)
         self.family, self.prediction_type = self.model_info.family, self.model_info.prediction_type
+        self.accelerator.print(f"model: family {self.family}, {self.prediction_type} prediction"
+                               f"{' (overridden in the config)' if m.family or m.prediction_type else ''}")
         self.noise_scheduler = DDPMScheduler.from_config(
             pipe.scheduler.config, prediction_type=self.prediction_type,
             rescale_betas_zero_snr=t.zero_terminal_snr, timestep_spacing="trailing" if t.zero_terminal_snr else "leading")
@@ -143,8 +148,8 @@ class LoRARecipe:
         if t.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.cfg.network.train_text_encoder:
-                for te in self.text_encoders:
-                    te.gradient_checkpointing_enable()
+                for te in self.text_encoders:  # transformers 5 renamed it (the old name warns)
+                    (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
 
     def _setup_adapters(self) -> None:
         n = self.cfg.network
@@ -156,6 +161,12 @@ class LoRARecipe:
             spec = adapter_spec(n, model, "unet" if name == "unet" else "text_encoder")
             self.modules_adapted[name] = inject(model, build_peft_config(n.type, spec))
         self.trained = models
+        if self.accelerator.is_main_process:
+            o = self.cfg.output
+            periodic = o.save_every_n_steps or o.save_every_n_epochs
+            kept = (o.save_last_n or 2) if periodic else 0
+            preflight.check_free_space(self.out_dir, sum(p.numel() for m in models for p in trainable_parameters(m)),
+                                       kept + int(o.save_state_at_end))
 
     def _te_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
@@ -175,7 +186,7 @@ class LoRARecipe:
             self.scan = scan_dataset(self.cfg.data)
 
     def _setup_dataloader(self) -> None:
-        from sd_lora.data import build_dataloader, build_dataset, format_plan, has_validation, make_plan
+        from sd_lora.data import build_dataloader, build_dataset, has_validation
 
         t, d, acc = self.cfg.train, self.cfg.data, self.accelerator
         tok = self.tokenizers[0]
@@ -192,11 +203,6 @@ class LoRARecipe:
                                                    batch_size=t.batch_size, **loader)
         self.steps_per_epoch = max(1, math.ceil(len(self.dataloader) / t.gradient_accumulation_steps))
         self.max_steps = t.max_epochs * self.steps_per_epoch if t.max_epochs else t.max_steps
-        if acc.is_main_process:
-            plan = make_plan(d, self.scan, batch_size=t.batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
-                             num_processes=acc.num_processes, max_steps=self.max_steps, seed=t.seed,
-                             train_text_encoder=self.cfg.network.train_text_encoder)
-            print(format_plan(plan))
 
     def _setup_caches(self, dataset) -> None:
         """Latents and text-encoder outputs computed once; with both cached, VAE and text encoders leave the GPU."""
@@ -208,7 +214,7 @@ class LoRARecipe:
             encoder_id = f"{self.model_info.location}:{self.vae.dtype}"
             stats = cache_latents(dataset, lambda px: encode_latents(self.vae, px.to(device)),
                                   to_disk=d.cache_latents_to_disk, encoder_id=encoder_id)
-            print(f"latent cache: {stats}")
+            print(f"latent cache: {stats.encoded} image(s) encoded, {stats.reused} reused from the disk cache")
             latents_cached = True
         if d.cache_text_encoder_outputs:
             blocker = text_cache_blocker(dataset, self.cfg.network.train_text_encoder)
@@ -228,10 +234,11 @@ class LoRARecipe:
         t = self.cfg.train
         groups = param_groups(dict(zip(self.component_names, self.trained)), t)
         self.optimizer = build_optimizer(groups, t, self.accelerator.device)
-        # Stepped by us once per optimiser step (accelerate would step it once per process).
-        self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.max_steps)
         prepared = self.accelerator.prepare(*self.trained, self.optimizer)
         self.trained, self.optimizer = list(prepared[:-1]), prepared[-1]
+        # Built on the prepared optimiser (torch warns when step() is wrapped after the schedule exists) and
+        # stepped by us once per optimiser step (accelerate would step it once per process).
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.max_steps)
         # Forward passes go through the prepared wrappers (DDP syncs gradients in their hooks).
         self.unet_forward = self.trained[0]
         wrapped = dict(zip(self.component_names, self.trained))
@@ -241,19 +248,15 @@ class LoRARecipe:
 
     def _setup_trackers(self) -> None:
         if self.accelerator.log_with:
-            from sd_lora.config.load import dump_dict
-
-            flat = {f"{s}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
-                    for s, values in dump_dict(self.cfg).items() for k, v in values.items()}
-            logs = self.out_dir / "logs"  # wandb's run folder goes beside TensorBoard's, not into the CWD
-            logs.mkdir(parents=True, exist_ok=True)
-            self.accelerator.init_trackers("sd-lora", config=flat, init_kwargs={"wandb": {"dir": str(logs)}})
+            trackers.init_trackers(self.accelerator, self.cfg, self.out_dir)
 
     def _resume(self, resume: str) -> None:
-        path = checkpoint.find_checkpoint(self.out_dir, resume)
-        self.accelerator.load_state(str(path))
-        for _ in range(self.state.global_step):  # the schedule is a pure function of the step count
-            self.lr_scheduler.step()
+        path = checkpoint.load_matching_state(self.accelerator, self.out_dir, resume, self.fingerprint,
+                                              self.cfg.train.resume_ignore_mismatch)
+        with warnings.catch_warnings():  # fast-forwarding before any optimiser step is the point here
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            for _ in range(self.state.global_step):  # the schedule is a pure function of the step count
+                self.lr_scheduler.step()
         self.accelerator.print(f"resumed from {path} at step {self.state.global_step}")
 
     # ------------------------------------------------------------------ train
@@ -262,9 +265,10 @@ class LoRARecipe:
 
         acc, st = self.accelerator, self.state
         self.started_at = datetime.now(timezone.utc)
-        self._install_signal_handlers()
-        bar = tqdm(total=self.max_steps, initial=st.global_step, desc="training", unit="step",
-                   disable=not acc.is_local_main_process)
+        self.signals.install()
+        bar = self.progress = Progress(self.max_steps, st.global_step, self.out_dir / "logs" / "metrics.jsonl",
+                                       enabled=acc.is_main_process)
+        self._set_train_mode(True)
         self._window_start, window = time.perf_counter(), []
         while st.global_step < self.max_steps and not self.stop_signal:
             self.dataloader.set_epoch(st.epoch)
@@ -282,7 +286,7 @@ class LoRARecipe:
                 if st.global_step >= self.max_steps or self.stop_signal:
                     break
         bar.close()
-        self._restore_signal_handlers()
+        self._set_train_mode(False)
         self.finished_at = datetime.now(timezone.utc)
         if self.stop_signal:
             self.save_checkpoint()
@@ -299,7 +303,7 @@ class LoRARecipe:
         self.losses.append(step_loss)
         self.step_times.append(time.perf_counter())
         st.global_step += 1
-        bar.update(1)
+        bar.advance()
         if st.global_step % self.cfg.train.log_every_n_steps == 0 or st.global_step == self.max_steps:
             self._log(step_loss, (time.perf_counter() - self._window_start) / max(1, len(window)), bar)
             self._window_start, window = time.perf_counter(), []
@@ -333,8 +337,7 @@ class LoRARecipe:
                 encode_latents(self.vae, batch["pixel_values"].to(device))
         latents = latents.to(self.unet.dtype)
         if noise is None:
-            noise = L.sample_noise(latents.shape, self.generator, t.noise_offset)
-            timesteps = L.sample_timesteps(latents.shape[0], self.generator, t.min_timestep, t.max_timestep)
+            noise, timesteps = self._draw_noise(latents.shape)
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if "text_embeds" in batch:
@@ -357,6 +360,17 @@ class LoRARecipe:
                                                         t.min_snr_gamma, self.prediction_type)
         return L.weighted_mean(per_sample, batch.get("loss_weight"))
 
+    def _draw_noise(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise and timesteps of the *global* micro-batch (every process's share), from a generator seeded anew
+        each micro-step from the shared one; this process takes its slice. 2 processes x batch 1 thus see what
+        1 process x batch 2 sees, and ranks stay in step even when their buckets differ in size."""
+        t, acc = self.cfg.train, self.accelerator
+        g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+        start, full = acc.process_index * t.batch_size, acc.num_processes * t.batch_size
+        noise = L.sample_noise((full, *shape[1:]), g, t.noise_offset)[start:start + shape[0]]
+        timesteps = L.sample_timesteps(full, g, t.min_timestep, t.max_timestep)[start:start + shape[0]]
+        return noise, timesteps
+
     def validation_loss(self) -> float | None:
         """Mean loss over the validation set with each image's fixed noise and timestep (comparable across steps)."""
         from sd_lora.data import validation_noise
@@ -364,7 +378,7 @@ class LoRARecipe:
         if self.val_dataloader is None:
             return None
         total, count = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), self._eval_mode():
             for batch in self.val_dataloader:
                 shape = self._latent_shape(batch)
                 noise, timesteps = validation_noise(batch["noise_seed"], shape,
@@ -373,6 +387,22 @@ class LoRARecipe:
                 total += self.compute_loss(batch, noise, timesteps).item() * n
                 count += n
         return total / max(count, 1)
+
+    def _set_train_mode(self, training: bool) -> None:
+        """Trained models in train mode while training (adapter dropout on, text-encoder checkpointing active)."""
+        for model in self.trained:
+            model.train(training)
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """Validation and samples run in eval mode (deterministic: no dropout); the previous mode comes back."""
+        before = [m.training for m in self.trained]
+        self._set_train_mode(False)
+        try:
+            yield
+        finally:
+            for model, mode in zip(self.trained, before):
+                model.train(mode)
 
     def _latent_shape(self, batch: dict) -> tuple[int, ...]:
         if "latents" in batch:
@@ -384,11 +414,12 @@ class LoRARecipe:
     def _log(self, step_loss: float, sec_per_micro: float, bar) -> None:
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         sec_per_step = sec_per_micro * self.cfg.train.gradient_accumulation_steps
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{next(iter(lrs.values())):.2e}", s_per_step=f"{sec_per_step:.2f}")
+        grad_norm = float(self.grad_norm) if getattr(self, "grad_norm", None) is not None else None
+        bar.log(step_loss, lrs, sec_per_step, grad_norm)
         if self.accelerator.log_with:
             values = {"loss": step_loss, "steps_per_second": 1 / max(sec_per_step, 1e-9), **lrs}
-            if getattr(self, "grad_norm", None) is not None:
-                values["grad_norm"] = float(self.grad_norm)
+            if grad_norm is not None:
+                values["grad_norm"] = grad_norm
             self.accelerator.log(values, step=self.state.global_step)
 
     def _periodic(self, epoch_end: bool) -> None:
@@ -410,7 +441,7 @@ class LoRARecipe:
     def _log_validation(self) -> None:
         val = self.validation_loss()
         self.validation_losses.append((self.state.global_step, val))
-        self.accelerator.print(f"step {self.state.global_step}: validation loss {val:.5f}")
+        self.progress.validation(val)
         if self.accelerator.log_with:
             self.accelerator.log({"validation_loss": val}, step=self.state.global_step)
 
@@ -418,29 +449,23 @@ class LoRARecipe:
     def save_checkpoint(self, adapter: bool = True) -> None:
         """Resumable state plus an intermediate adapter file, pruned to output.save_last_n."""
         o, step = self.cfg.output, self.state.global_step
-        path = checkpoint.checkpoint_dir(self.out_dir, step)
-        self.accelerator.save_state(str(path))
-        if self.accelerator.is_main_process and adapter:
-            self._export(self.out_dir / f"{o.name}-step{step:06d}.safetensors")
-            checkpoint.prune(self.out_dir, o.save_last_n, f"{o.name}-step*.safetensors")
-        self.accelerator.wait_for_everyone()
+        with self.signals.saving_files(), write_errors(f"the state of step {step} in {self.out_dir}",
+                                                       ", then resume with train.resume = 'latest'"):
+            checkpoint.save_state(self.accelerator, self.out_dir, step, self.fingerprint)
+            if self.accelerator.is_main_process and adapter:
+                self._export(self.out_dir / f"{o.name}-step{step:06d}.safetensors")
+                checkpoint.prune(self.out_dir, o.save_last_n, o.name)
+            self.accelerator.wait_for_everyone()
 
     def sample(self) -> Path | None:
         from sd_lora.train.samples import render_samples
 
         if not self.accelerator.is_main_process:
             return None
-        path = render_samples(self.pipeline, self.cfg, self.family, self.state.global_step, self.out_dir / "samples")
+        with self._eval_mode():
+            path = render_samples(self.pipeline, self.cfg, self.family, self.state.global_step, self.out_dir / "samples")
         if self.accelerator.log_with:
-            import numpy as np
-            from PIL import Image
-
-            grid = np.asarray(Image.open(path).convert("RGB"))
-            for tracker in self.accelerator.trackers:
-                if tracker.name == "tensorboard":
-                    tracker.log_images({"samples": grid[None]}, step=self.state.global_step, dataformats="NHWC")
-                elif tracker.name == "wandb":
-                    tracker.log_images({"samples": [grid]}, step=self.state.global_step)
+            trackers.log_grid(self.accelerator, path, self.state.global_step)
         return path
 
     def _export(self, path: Path):
@@ -457,42 +482,33 @@ class LoRARecipe:
         result = TrainResult(self.out_dir / f"{o.name}.safetensors", self.out_dir / f"{o.name}.config.toml",
                              self.losses, self.state.global_step, stopped_early=bool(self.stop_signal))
         if self.accelerator.is_main_process and not self.stop_signal:
-            result.coverage = self._export(result.adapter_path)
-            atomic_write_text(result.config_path, dump_config(self.cfg))
+            with self.signals.saving_files(), write_errors(f"the adapter {result.adapter_path}",
+                                                           ", then resume with train.resume = 'latest'"):
+                result.coverage = self._export(result.adapter_path)
+                atomic_write_text(result.config_path, dump_config(self.cfg))
             if self.cfg.sample.every_n_steps:
                 self.sample()
-            print(f"saved {result.adapter_path} ({result.coverage.summary()})")
+            print(result.coverage.summary())
         self.accelerator.wait_for_everyone()
         return result
 
-    # ------------------------------------------------------------------ signals and cleanup
-    def _install_signal_handlers(self) -> None:
-        def request_stop(signum, _frame):
-            self.stop_signal = signal.Signals(signum).name  # finish the current step, then save and exit
-
-        self._previous_handlers = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous_handlers[sig] = signal.signal(sig, request_stop)
-            except ValueError:  # not the main thread (e.g. inside a notebook worker): keep the defaults
-                pass
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, handler in getattr(self, "_previous_handlers", {}).items():
-            signal.signal(sig, handler)
-
+    # ------------------------------------------------------------------ cleanup
     def _resume_command(self) -> str:
         args = " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]) or "train --config CONFIG"
         return f"sd-lora {args} --set train.resume=latest"
 
     def cleanup(self) -> None:
-        self.accelerator.end_training()
+        self.signals.restore()
+        self.lock.release()
+        if hasattr(self, "accelerator"):
+            self.accelerator.end_training()
 
 
 def run_training(cfg: Config) -> TrainResult:
     recipe = LoRARecipe(cfg)
-    recipe.setup()
-    recipe.train()
-    result = recipe.save()
-    recipe.cleanup()
-    return result
+    try:
+        recipe.setup()
+        recipe.train()
+        return recipe.save()  # signal handlers stay ours until the files are written
+    finally:
+        recipe.cleanup()

@@ -47,7 +47,7 @@ def test_checkpoint_holds_only_adapter_and_optimizer_state(tiny_sd1_dir, tiny_da
 
 
 def test_resume_latest_without_checkpoints_is_clear(tiny_sd1_dir, tiny_dataset, tmp_path):
-    with pytest.raises(SdLoraError, match="holds no checkpoint"):
+    with pytest.raises(SdLoraError, match="holds no complete state"):
         run_training(_cfg(tiny_sd1_dir, tiny_dataset, tmp_path / "empty", resume="latest"))
 
 

@@ -1,0 +1,157 @@
+"""Checks that run before any model loads, so a run never trains for hours and then cannot save.
+
+- the optional packages the config asks for are installed (and CUDA where bitsandbytes needs it);
+- `output.dir` can be created and written (not under a file, not read-only), checked by writing a probe file;
+- once the adapter exists: the disk has room for the adapter files and states the run will keep;
+- one training per `output.dir` at a time (`RunLock`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from sd_lora.errors import SdLoraError
+
+__all__ = ["check_environment", "check_output_dir", "check_free_space", "RunLock", "launched_processes",
+           "needs_cpu_process_group", "check_process_group"]
+
+
+def check_environment(cfg) -> None:
+    log_with = cfg.output.log_with
+    if log_with in ("tensorboard", "wandb") and importlib.util.find_spec(log_with) is None:
+        raise SdLoraError(f"output.log_with = {log_with!r} but {log_with} is not installed; install it with "
+                          f"`pip install 'sd-lora[{log_with}]'`, or set output.log_with = 'none'")
+    if cfg.train.attention == "xformers" and importlib.util.find_spec("xformers") is None:
+        raise SdLoraError("train.attention = 'xformers' but xformers is not installed; "
+                          "install it with `pip install 'sd-lora[xformers]'` or use attention = 'sdpa'")
+    if cfg.model.quantize:
+        import torch
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise SdLoraError(f"model.quantize = {cfg.model.quantize!r} needs bitsandbytes: "
+                              "pip install 'sd-lora[bnb]'")
+        if not torch.cuda.is_available():
+            raise SdLoraError(f"model.quantize = {cfg.model.quantize!r} runs on CUDA only (bitsandbytes); "
+                              "remove it to train the unquantised model on this machine")
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (accelerate launch, torchrun, mpirun) started for this run."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def needs_cpu_process_group() -> bool:
+    """Several processes and no GPU: accelerate forms a gloo group only when told to run on the CPU (otherwise each
+    process trains alone, all of them into the same files)."""
+    import torch
+
+    return launched_processes() > 1 and not torch.cuda.is_available()
+
+
+def check_process_group(accelerator) -> None:
+    launched = launched_processes()
+    if launched > 1 and accelerator.num_processes != launched:
+        raise SdLoraError(f"{launched} processes were launched but they formed no process group (accelerate sees "
+                          f"{accelerator.num_processes}); each would train alone into the same files. Launch with "
+                          "`accelerate launch --num_processes N -m sd_lora train ...` (add --multi_gpu on GPUs) or "
+                          "torchrun, or run one process")
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Create `out_dir` and write a probe file in it, or say why that is impossible."""
+    for parent in [out_dir, *out_dir.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SdLoraError(f"output.dir: {out_dir} cannot be created: {parent} is a file; "
+                                  "choose another output.dir")
+            break
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sd-lora-probe.", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SdLoraError(f"output.dir: cannot write to {out_dir} ({e.strerror or e}); fix its permissions or "
+                          "choose another output.dir. Nothing was trained.") from e
+
+
+def check_free_space(out_dir: Path, adapter_params: int, saves_kept: int) -> None:
+    """Room for the final adapter plus `saves_kept` (adapter file + state: fp32 adapter and two AdamW moments)."""
+    adapter_file = adapter_params * 4  # fp32 at most
+    state = adapter_params * 4 * 3
+    needed = adapter_file + saves_kept * (adapter_file + state) + (16 << 20)  # + metrics, configs, samples
+    free = shutil.disk_usage(out_dir).free
+    if free < needed:
+        raise SdLoraError(f"output.dir: {out_dir} has {free / 2**20:.1f} MiB free, but this run will write about "
+                          f"{needed / 2**20:.1f} MiB (adapter and {saves_kept} state(s) of {adapter_params:,} "
+                          "parameters); free some space, lower output.save_last_n, or choose another output.dir")
+
+
+class RunLock:
+    """`{output.dir}/.sd-lora.lock` holding the PID and host of the run using the folder. A lock whose process is
+    gone (same host) is stale and taken over, with a note."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / ".sd-lora.lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                owner = self._owner()
+                if owner == {}:
+                    continue  # released meanwhile
+                if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                    self.path.unlink(missing_ok=True)  # this process's own earlier run (a notebook, a test)
+                    continue
+                if owner is not None and not self._stale(owner):
+                    raise SdLoraError(
+                        f"output.dir {self.path.parent} is in use by another training (pid {owner.get('pid')} on "
+                        f"{owner.get('host')}, started {owner.get('started')}); wait for it to finish, or use "
+                        f"another output.dir. If that run is gone, delete {self.path}") from None
+                print(f"note: taking over a stale lock of a run that ended without cleaning up ({self.path})")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise SdLoraError(f"output.dir: could not take the lock {self.path}; another run may be starting there")
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}  # released meanwhile: try again
+        except (OSError, ValueError):
+            return None  # unreadable or half written: treat as stale
+
+    @staticmethod
+    def _stale(owner: dict) -> bool:
+        if owner.get("host") != socket.gethostname():
+            return False  # another machine's run (shared disk): cannot tell, keep it
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
