@@ -29,14 +29,11 @@ from sd_lora.tools.bake_layout import plan_original
 from sd_lora.tools.deltas import apply_delta, module_shape, read_adapter
 from sd_lora.tools.merge import parse_weighted
 from sd_lora.tools.output import parse_precision
+from sd_lora.tools.tensorfile import DTYPES, NAMES, iter_tensors, read_header
 
 __all__ = ["BakeReport", "bake_adapters", "BAKED_KEY"]
 
 BAKED_KEY = "sd_lora.baked"  # metadata: JSON list of the adapters (file, weight) baked in
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
-_NAMES = {v: k for k, v in _DTYPES.items()}
 _DROPPED = ("model_ema.",)
 
 
@@ -70,21 +67,13 @@ def _free_space(path: Path, need: int) -> None:
                           "free); nothing was written.")
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
-    from sd_lora.models.single_file import read_checkpoint
-
-    read_checkpoint(path, tensors=False)  # clear errors for damaged / foreign files
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return header, 8 + n
-
-
 def _stream_plan(path: Path, loras, family: str | None, allow_pickle: bool):
     from sd_lora.models.single_file_configs import derive_configs, detect_checkpoint_family, stored_record
 
-    header, start = _read_header(path)
-    metadata = header.pop("__metadata__", None) or {}
+    from sd_lora.models.single_file import read_checkpoint
+
+    read_checkpoint(path, tensors=False)  # the loader's clear errors for damaged / foreign files
+    header, metadata, start = read_header(path)
     shapes = {k: tuple(v["shape"]) for k, v in header.items()}
     found = detect_checkpoint_family(dict.fromkeys(shapes), str(path))
     if family and family != found:
@@ -122,24 +111,18 @@ def _stream(src: Path, out: Path, loras, family, dtype, allow_pickle, progress) 
     keys = sorted((k for k in header if not k.startswith(_DROPPED)), key=lambda k: header[k]["data_offsets"][0])
     new_header, offset = {}, 0
     for k in keys:
-        d = _DTYPES[header[k]["dtype"]]
+        d = DTYPES[header[k]["dtype"]]
         out_dtype = dtype if d.is_floating_point else d
         n = int(torch.Size(header[k]["shape"]).numel()) * torch.empty((), dtype=out_dtype).element_size()
-        new_header[k] = {"dtype": _NAMES[out_dtype], "shape": header[k]["shape"], "data_offsets": [offset, offset + n]}
+        new_header[k] = {"dtype": NAMES[out_dtype], "shape": header[k]["shape"], "data_offsets": [offset, offset + n]}
         offset += n
     meta = {**metadata, BAKED_KEY: json.dumps([{"file": Path(f).name, "weight": w} for f, w, _ in counts])}
     text = json.dumps({"__metadata__": meta, **new_header}, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     _free_space(out, 8 + len(text) + offset)
-    with atomic_path(out) as tmp, open(src, "rb") as f, open(tmp, "wb") as w:
+    with atomic_path(out) as tmp, open(tmp, "wb") as w:
         w.write(struct.pack("<Q", len(text)) + text)
-        for i, k in enumerate(keys):
-            info = header[k]
-            a, b = info["data_offsets"]
-            f.seek(start + a)
-            raw = bytearray(f.read(b - a))
-            t = torch.frombuffer(raw, dtype=_DTYPES[info["dtype"]]) if raw else torch.empty(0, dtype=_DTYPES[info["dtype"]])
-            t = t.reshape(info["shape"])
+        for i, (k, t) in enumerate(iter_tensors(src, header, start, keys)):
             if k in updates:
                 t = _bake_tensor(t, updates[k])
             if t.is_floating_point():

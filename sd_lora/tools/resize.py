@@ -112,9 +112,10 @@ def resize_weights(adapter, *, rank: int | None = None, dynamic: str | None = No
     _check_ranks(adapter, rank, conv_rank)
     out, rows = {}, []
     total = adapter.num_modules
-    for i, (component, path, params) in enumerate(list(adapter.modules())):
-        if consume:
-            del adapter.weights[component][path]
+    keys = [(component, path) for component, path, _ in adapter.modules()]
+    for i, (component, path) in enumerate(keys):
+        # with `consume`, the input module is dropped here, so only the one being resized stays alive
+        params = adapter.weights[component].pop(path) if consume else adapter.weights[component][path]
         shape, (u, s, vh), scale = _decompose(component, path, params, adapter.family, base)
         old = input_rank(params)
         cap = len(s) if not is_lora_module(params) else min(old, len(s))
