@@ -164,3 +164,21 @@ def test_any_input_format_and_sdxl_names(files, tmp_path):
 
     with safe_open(str(out), "pt") as f:
         assert "sd_lora.unet_layout" in f.metadata() and f.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+def test_lokr_svd_merge_renders_like_the_lokr(tmp_path):
+    """LoKr (Kronecker) deltas merge by SVD of the full delta: at full rank the result renders like the input."""
+    from sd_lora.inference.adapters import AdapterSet
+
+    pipe = tiny("sd1")
+    lokr = save_random_adapter(pipe, tmp_path / "lokr.safetensors", kind="lokr", seed=7, text_encoder=False)
+    assert any(k.startswith("lora_unet_") and ".lokr_" in k for k in community(lokr))
+    with pytest.raises(SdLoraError, match="LoKr"):
+        merge_adapters([lokr], tmp_path / "x.safetensors")
+    out = tmp_path / "m.safetensors"
+    merge_adapters([f"{lokr}:0.5", f"{lokr}:0.5"], out, method="svd", rank=64, save_precision="fp32")
+    AdapterSet(pipe).activate([(lokr, 1.0)])
+    want = image(pipe)
+    pipe2 = tiny("sd1")
+    AdapterSet(pipe2).activate([(out, 1.0)])
+    assert abs(image(pipe2) - want).max() < 1e-4
