@@ -49,6 +49,19 @@ def test_extract_and_bake(setup, tmp_path, capsys):
     assert main(["bake", "--model", str(d / "base"), "--lora", f"{a}:0.8", "--lora", f"{x}:1", "-o",
                  str(tmp_path / "baked")]) == 0
     assert (tmp_path / "baked" / "model_index.json").is_file()
+    # single-file checkpoints in the original layout work as extraction inputs too
+    from sd_lora.models.load import load_pipeline
+    from sd_lora.models.single_file import save_single_file
+
+    for name in ("base", "tuned"):
+        save_single_file(load_pipeline(str(d / name))[0], tmp_path / f"{name}.safetensors", "sd1")
+    x2 = tmp_path / "x2.safetensors"
+    assert main(["extract", "--base", str(tmp_path / "base.safetensors"), "--tuned", str(tmp_path / "tuned.safetensors"),
+                 "-o", str(x2), "--rank", "2", "--save-precision", "fp32"]) == 0
+    from safetensors.torch import load_file
+
+    one, two = load_file(str(x)), load_file(str(x2))
+    assert set(one) == set(two)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -63,7 +63,8 @@ def save_random_adapter(pipe, path, family: str = "sd1", *, kind: str = "lora", 
     g = torch.Generator().manual_seed(seed)
     for cname, model in comps.items():
         peft_kind = "lora" if kind == "locon" else kind
-        config = _config(peft_kind, targets if cname == "unet" else TE_ATTN, rank, alpha, alpha_pattern)
+        config = _config(peft_kind, targets if cname == "unet" else TE_ATTN, rank, alpha,
+                         alpha_pattern if cname == "unet" else None)
         inject_adapter_in_model(config, model, adapter_name=name)
         with torch.no_grad():
             for pname, p in model.named_parameters():

@@ -64,11 +64,11 @@ def test_diffusers_folder_bake_dora_lokr(tmp_path):
     lokr = save_random_adapter(pipe, tmp_path / "lokr.safetensors", "sd2", kind="lokr", seed=4,
                                text_encoder=False, unet_targets=UNET_ATTN)
     out_dir, out_file = tmp_path / "baked", tmp_path / "baked.safetensors"
-    bake_adapters(str(base_dir), [(dora, 1.0)], out_dir, save_precision="fp32")
+    bake_adapters(str(base_dir), [(dora, 0.6)], out_dir, save_precision="fp32")
     bake_adapters(str(base_dir), [(lokr, 0.7)], out_file, save_precision="fp32")
     ref = load_pipeline(str(base_dir))[0]
     ref.set_progress_bar_config(disable=True)
-    want_dora = _unfused(ref, [(dora, 1.0)])
+    want_dora = _unfused(ref, [(dora, 0.6)])  # peft's DoRA at weight 0.6: the magnitude still applies in full
     baked = load_pipeline(str(out_dir))[0]
     baked.set_progress_bar_config(disable=True)
     assert abs(image(baked) - want_dora).max() < 1e-4

@@ -34,7 +34,9 @@ def files(tmp_path_factory):
     r32 = save_random_adapter(pipe, d / "r32.safetensors", rank=32, alpha=16.0, seed=1, conv=True)
     r8 = save_random_adapter(pipe, d / "r8.safetensors", rank=8, alpha=4.0, seed=2)
     spectrum = with_spectrum(r8, d / "spectrum.safetensors", MODULE, SPECTRUM)
-    return {"r32": r32, "r8": r8, "spectrum": spectrum}
+    loha = save_random_adapter(pipe, d / "loha.safetensors", kind="loha", rank=4, seed=3, text_encoder=False,
+                               unet_targets=["to_q", "to_k", "to_v", "to_out.0"])
+    return {"r32": r32, "r8": r8, "spectrum": spectrum, "loha": loha}
 
 
 def test_fixed_rank_is_the_optimal_truncation(files, tmp_path):
@@ -105,3 +107,17 @@ def test_bad_arguments(files, tmp_path):
     with pytest.raises(SdLoraError, match="no such file"):
         resize_adapter(tmp_path / "missing.safetensors", out, rank=4)
     assert not list(tmp_path.iterdir())
+
+
+def test_loha_becomes_the_optimal_lora_of_its_delta(files, tmp_path):
+    out = tmp_path / "loha_r6.safetensors"
+    resize_adapter(files["loha"], out, rank=6, save_precision="fp32")
+    loha, got = modules_of(files["loha"]), modules_of(out)
+    assert set(loha) == set(got)
+    for name, p in loha.items():
+        scale = float(p["alpha"]) / p["hada_w1_b"].shape[0]
+        want = (scale * (p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"])).double()
+        s = torch.linalg.svdvals(want)
+        assert got[name]["lora_down.weight"].shape[0] == 6
+        err = float(torch.linalg.norm(delta(got[name]).double() - want))
+        assert abs(err - float(torch.sqrt((s[6:] ** 2).sum()))) <= 1e-4 * max(1.0, float(s[0])), name
