@@ -88,7 +88,8 @@ def make_sd1_models(base: Path, tuned: Path) -> None:
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL(**architectures.vae_config("sd1")),
         text_encoder=CLIPTextModel(CLIPTextConfig(**architectures.text_encoder_configs("sd1")[0])),
-        tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir)), unet=UNet2DConditionModel(**architectures.unet_config("sd1")),
+        tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir)),
+        unet=UNet2DConditionModel(**architectures.unet_config("sd1")),
         scheduler=DDIMScheduler(**architectures.scheduler_config("sd1")), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.to(torch.float16)
@@ -149,8 +150,8 @@ def run_case(case: str, work: Path) -> dict:
         note = (f"{len(r.rows)} modules, ranks {min(x.new_rank for x in r.rows)}-{max(x.new_rank for x in r.rows)}, "
                 f"mean retained {100 * r.mean_retained:.1f}%, {r.size_before / GB:.2f} -> {r.size_after / GB:.2f} GiB")
     elif case == "merge":
-        r = merge_adapters([work / "xl_r64_1.safetensors", work / "xl_r64_2.safetensors"], work / "out_merge.safetensors",
-                           method="svd", rank=64)
+        r = merge_adapters([work / "xl_r64_1.safetensors", work / "xl_r64_2.safetensors"],
+                           work / "out_merge.safetensors", method="svd", rank=64)
         note = f"{r.modules} modules"
     elif case == "extract":
         r = extract_adapter(str(work / "sd1_base"), str(work / "sd1_tuned"), work / "out_extract.safetensors", rank=32)

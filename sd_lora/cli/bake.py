@@ -21,6 +21,6 @@ def run(args) -> int:
     from sd_lora.tools.bake import bake_adapters
 
     report = bake_adapters(args.model, args.lora, args.output, save_precision=args.save_precision,
-                           family=args.family, allow_pickle=args.allow_pickle)
+                           family=args.family, allow_pickle=args.allow_pickle, progress=True)
     print(report.summary())
     return 0

@@ -1,4 +1,5 @@
-"""`sd-lora resize IN -o OUT (--rank R | --dynamic sv_ratio|sv_fro|sv_cumulative --param X) [--conv-rank R] [--json]`."""
+"""`sd-lora resize IN -o OUT (--rank R | --dynamic sv_ratio|sv_fro|sv_cumulative --param X) [--conv-rank R]
+[--json]`: lower an adapter's rank by SVD."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from sd_lora.tools.bake_layout import plan_original
 from sd_lora.tools.deltas import apply_delta, module_shape, read_adapter
 from sd_lora.tools.merge import parse_weighted
 from sd_lora.tools.output import parse_precision
+from sd_lora.tools.progress import resolve
 from sd_lora.tools.tensorfile import DTYPES, NAMES, iter_tensors, read_header
 
 __all__ = ["BakeReport", "bake_adapters", "BAKED_KEY"]
@@ -68,9 +69,8 @@ def _free_space(path: Path, need: int) -> None:
 
 
 def _stream_plan(path: Path, loras, family: str | None, allow_pickle: bool):
-    from sd_lora.models.single_file_configs import derive_configs, detect_checkpoint_family, stored_record
-
     from sd_lora.models.single_file import read_checkpoint
+    from sd_lora.models.single_file_configs import derive_configs, detect_checkpoint_family, stored_record
 
     read_checkpoint(path, tensors=False)  # the loader's clear errors for damaged / foreign files
     header, metadata, start = read_header(path)
@@ -204,8 +204,10 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
 
     `output` ending in `.safetensors`: one original-layout file; anything else: a diffusers folder. `model`: a
     single file, diffusers folder, hub id, `builtin:` name or a loaded pipeline (which is then changed in place).
+    `progress`: None (quiet), True (a line every few seconds) or a callable(done, total, name).
     """
     start = time.monotonic()
+    progress = resolve(progress, "bake")
     output = Path(output)
     pairs = [parse_weighted(s) for s in loras]
     if not pairs:
@@ -226,12 +228,15 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
     if src is not None:
         from sd_lora.models.load import load_pipeline
 
-        pipe, info = load_pipeline(str(model), family=family, allow_pickle=allow_pickle)
-        found = info.family
+        pipe, _ = load_pipeline(str(model), allow_pickle=allow_pickle)
     else:
-        from sd_lora.formats.detect import pipeline_family
+        pipe = model
+    from sd_lora.formats.detect import FAMILY_NAMES, pipeline_family
 
-        pipe, found = model, pipeline_family(model)
+    found = pipeline_family(pipe)
+    if family and family != found:
+        raise SdLoraError(f"{model}: is an {FAMILY_NAMES[found]} model, not {FAMILY_NAMES[family]}; "
+                          "nothing was written.")
     counts = _bake_pipeline(pipe, found, pairs, allow_pickle)
     pipe.to(dtype)
     _free_space(output, _pipeline_size(pipe, dtype))

@@ -65,7 +65,8 @@ def read_adapter(path, family: str | None = None, unet_config=None, allow_pickle
                           f"not {FAMILY_NAMES[family]}.")
     family = family or adapter.family
     if family is None:
-        raise SdLoraError(f"{path}: cannot tell the model family ({adapter.family_reason}); pass --family sd1|sd2|sdxl.")
+        raise SdLoraError(f"{path}: cannot tell the model family ({adapter.family_reason}); "
+                          "pass --family sd1|sd2|sdxl.")
     layout = layout_config(family, adapter.metadata, unet_config)
     weights, problems = adapter.weights(family, layout)
     if problems:
@@ -188,7 +189,8 @@ def apply_delta(weight: torch.Tensor, params: dict, multiplier: float, shape: tu
                 where: str = "module") -> torch.Tensor:
     """The weight with the module applied at `multiplier`, as peft computes it unfused, flattened to [out, -1] fp32.
 
-    LoRA / LoHa / LoKr: W + multiplier·ΔW. DoRA: m·(W + multiplier·s·BA) / ‖W + multiplier·s·BA‖ (per output row),
+    LoRA / LoHa / LoKr: W + multiplier·ΔW. DoRA: m·(W + multiplier·s·BA) / ‖W + multiplier·s·BA‖ (per output
+    row),
     the magnitude applying in full at any multiplier, as peft's DoRA layers do.
     """
     w = weight.detach().to("cpu", torch.float32).reshape(shape[0], -1)

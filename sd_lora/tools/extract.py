@@ -20,9 +20,15 @@ import torch
 
 from sd_lora.errors import SdLoraError
 from sd_lora.formats.detect import FAMILY_NAMES
-from sd_lora.formats.names import TEXT_ENCODER_TARGETS, UNET_ATTENTION_TARGETS, UNET_CONV_TARGETS, canonical_text_encoder_path
+from sd_lora.formats.names import (
+    TEXT_ENCODER_TARGETS,
+    UNET_ATTENTION_TARGETS,
+    UNET_CONV_TARGETS,
+    canonical_text_encoder_path,
+)
 from sd_lora.tools.deltas import kernel_of
 from sd_lora.tools.output import WriteReport, check_output_path, parse_precision, write_adapter
+from sd_lora.tools.progress import resolve
 from sd_lora.tools.svd import randomized_svd, to_lora_params
 
 __all__ = ["TEXT_ENCODER_MODES", "ExtractReport", "target_modules", "extract_weights", "extract_adapter"]
@@ -48,7 +54,10 @@ class ExtractReport:
 
 def target_modules(model: torch.nn.Module, component: str, conv: bool) -> list[tuple[str, torch.nn.Module]]:
     """(path, layer) of the Linear / Conv2d layers extraction covers, in model order."""
-    patterns = TEXT_ENCODER_TARGETS if component != "unet" else UNET_ATTENTION_TARGETS + (UNET_CONV_TARGETS if conv else ())
+    if component != "unet":
+        patterns = TEXT_ENCODER_TARGETS
+    else:
+        patterns = UNET_ATTENTION_TARGETS + (UNET_CONV_TARGETS if conv else ())
     rx = re.compile(r"(^|\.)(" + "|".join(patterns) + r")$")
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and rx.search(n)]
@@ -103,18 +112,6 @@ def extract_weights(base, tuned, *, rank: int, conv_rank: int | None = None, tex
     return weights, extracted, skipped, largest
 
 
-def _printer(every: float = 5.0):
-    start, last = time.monotonic(), [0.0]
-
-    def report(done: int, total: int, name: str) -> None:
-        now = time.monotonic() - start
-        if now - last[0] >= every or done == total:
-            last[0] = now
-            print(f"extract: {done}/{total} modules ({now:.0f} s) {name}", flush=True)
-
-    return report
-
-
 def extract_adapter(base, tuned, output, *, rank: int, conv_rank: int | None = None, text_encoder: str = "auto",
                     min_diff: float = 0.01, clamp_quantile: float | None = None, family: str | None = None,
                     save_precision="fp16", allow_pickle: bool = False, progress=None) -> ExtractReport:
@@ -127,8 +124,7 @@ def extract_adapter(base, tuned, output, *, rank: int, conv_rank: int | None = N
     start = time.monotonic()
     paths = [m for m in (base, tuned) if isinstance(m, (str, Path))]
     check_output_path(output, [p for p in paths if Path(p).exists()])
-    if progress is True:
-        progress = _printer()
+    progress = resolve(progress, "extract")
     if rank is None or rank < 1:
         raise SdLoraError("--rank must be a positive integer.")
     # each model loads in the precision it is stored in (differences are taken in fp32, module by module)

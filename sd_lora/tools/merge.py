@@ -20,7 +20,14 @@ import torch
 from sd_lora.errors import SdLoraError
 from sd_lora.formats.detect import FAMILY_NAMES
 from sd_lora.tools.deltas import (
-    AdapterInput, is_lora_module, kernel_of, lora_factors, module_delta, module_shape, prediction_of, read_adapter,
+    AdapterInput,
+    is_lora_module,
+    kernel_of,
+    lora_factors,
+    module_delta,
+    module_shape,
+    prediction_of,
+    read_adapter,
 )
 from sd_lora.tools.output import WriteReport, check_output_path, parse_precision, write_adapter
 from sd_lora.tools.svd import dense_svd, factor_svd, to_lora_params
@@ -81,8 +88,8 @@ def _refuse_for_concat(inputs) -> None:
             kind = {"loha": "LoHa", "lokr": "LoKr", "dora": "DoRA"}[adapter.adapter_type]
             why = ("its magnitude renormalises the whole weight" if kind == "DoRA"
                    else "its delta is not a product of two low-rank factors")
-            raise SdLoraError(f"{adapter.path}: --method concat stacks LoRA factors, and this is a {kind} file ({why}); "
-                              "use --method svd --rank R.")
+            raise SdLoraError(f"{adapter.path}: --method concat stacks LoRA factors, and this is a {kind} file "
+                              f"({why}); use --method svd --rank R.")
 
 
 def _gather(inputs) -> dict[tuple[str, str], list[tuple[dict, float, AdapterInput]]]:

@@ -42,7 +42,8 @@ class WriteReport:
 
     def summary(self) -> str:
         parts = ", ".join(f"{c} {n}" for c, n in self.modules.items())
-        return f"wrote {self.path} ({self.adapter_type}, {parts} modules, {self.bytes / 2**20:.1f} MiB), read back whole"
+        size = self.bytes / 2**20
+        return f"wrote {self.path} ({self.adapter_type}, {parts} modules, {size:.1f} MiB), read back whole"
 
 
 def parse_precision(value) -> torch.dtype:

@@ -18,7 +18,12 @@ import torch
 from sd_lora.errors import SdLoraError
 from sd_lora.formats.names import module_to_community
 from sd_lora.tools.deltas import (
-    is_lora_module, kernel_of, module_delta, module_shape, prediction_of, read_adapter,
+    is_lora_module,
+    kernel_of,
+    module_delta,
+    module_shape,
+    prediction_of,
+    read_adapter,
 )
 from sd_lora.tools.output import WriteReport, check_output_path, parse_precision, write_adapter
 from sd_lora.tools.svd import check_rule, choose_rank, dense_svd, factor_svd, retained_fro, to_lora_params
@@ -123,7 +128,8 @@ def resize_weights(adapter, *, rank: int | None = None, dynamic: str | None = No
         k = choose_rank(s[:cap], dynamic, param, fixed) if dynamic else max(1, min(fixed, cap))
         if dynamic and kernel_of(shape) > 1 and conv_rank is not None:
             k = min(k, conv_rank)
-        out.setdefault(component, {})[path] = {n: t.to(dtype) for n, t in to_lora_params(u, s, vh, k, shape, scale=scale).items()}
+        new = to_lora_params(u, s, vh, k, shape, scale=scale)
+        out.setdefault(component, {})[path] = {n: t.to(dtype) for n, t in new.items()}
         rows.append(ResizeRow(module_to_community(component, path, adapter.family, adapter.unet_config),
                               old, k, retained_fro(s, k)))
         if progress:

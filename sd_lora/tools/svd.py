@@ -141,7 +141,8 @@ def to_lora_params(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int, s
                    scale: float = 1.0, clamp_quantile: float | None = None) -> dict[str, torch.Tensor]:
     """LoRA / LoCon tensors of rank `k` for a weight of `shape`: up = U·S, down = Vh, alpha = scale·k.
 
-    (U, S, Vh) is the SVD of the delta without its scale, so ΔW = (alpha / k)·up@down = scale·(rank-k truncation). `clamp_quantile` (as kohya's extract)
+    (U, S, Vh) is the SVD of the delta without its scale, so ΔW = (alpha / k)·up@down = scale·(rank-k
+    truncation). `clamp_quantile` (as kohya's extract)
     clips both factors to that quantile of their absolute values.
     """
     k = max(1, min(k, len(s)))

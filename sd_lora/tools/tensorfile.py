@@ -48,7 +48,8 @@ def read_header(path: Path) -> tuple[dict, dict[str, str], int]:
             a, b = info["data_offsets"]
             want = int(torch.Size(info["shape"]).numel()) * torch.empty((), dtype=DTYPES[info["dtype"]]).element_size()
         except (KeyError, TypeError, ValueError):
-            raise SdLoraError(f"{path}: header entry for tensor {key!r} is malformed or of an unsupported dtype.") from None
+            raise SdLoraError(f"{path}: header entry for tensor {key!r} is malformed or of an unsupported "
+                              "dtype.") from None
         if b - a != want or 8 + n + b > size:
             raise SdLoraError(f"{path}: tensor {key!r} lies outside the file: the file is truncated.")
     return header, metadata, 8 + n

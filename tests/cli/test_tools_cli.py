@@ -56,8 +56,8 @@ def test_extract_and_bake(setup, tmp_path, capsys):
     for name in ("base", "tuned"):
         save_single_file(load_pipeline(str(d / name))[0], tmp_path / f"{name}.safetensors", "sd1")
     x2 = tmp_path / "x2.safetensors"
-    assert main(["extract", "--base", str(tmp_path / "base.safetensors"), "--tuned", str(tmp_path / "tuned.safetensors"),
-                 "-o", str(x2), "--rank", "2", "--save-precision", "fp32"]) == 0
+    assert main(["extract", "--base", str(tmp_path / "base.safetensors"),
+                 "--tuned", str(tmp_path / "tuned.safetensors"), "-o", str(x2), "--rank", "2"]) == 0
     from safetensors.torch import load_file
 
     one, two = load_file(str(x)), load_file(str(x2))

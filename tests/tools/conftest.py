@@ -1,4 +1,4 @@
-"""Tiny pipelines and adapter files for the tool tests: peft adapters with random weights, saved as sd-lora saves them."""
+"""Tiny pipelines and adapter files for the tool tests: random peft adapters, saved as sd-lora saves them."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ from safetensors import safe_open
 
 from sd_lora.errors import SdLoraError
 from sd_lora.tools import bake_adapters
-from tests.tools.conftest import UNET_ATTN, full_size_meta as _full_size_meta, image, save_random_adapter, tiny
+from tests.tools.conftest import UNET_ATTN, image, save_random_adapter, tiny
+from tests.tools.conftest import full_size_meta as _full_size_meta
 
 
 def _single_file(family, path):

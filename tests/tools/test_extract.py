@@ -11,11 +11,10 @@ from sd_lora.errors import SdLoraError
 from sd_lora.tools import extract_adapter
 from tests.tools.conftest import delta, modules_of, tiny
 
-CHANGED_UNET = {
-    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
-    "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2": "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_ff_net_2",
-    "down_blocks.1.resnets.0.conv1": "lora_unet_down_blocks_1_resnets_0_conv1",  # a 3x3 conv (LoCon)
-}
+_PATHS = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+          "up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2",
+          "down_blocks.1.resnets.0.conv1"]  # the last: a 3x3 conv (LoCon)
+CHANGED_UNET = {p: "lora_unet_" + p.replace(".", "_") for p in _PATHS}
 CHANGED_TE = {"encoder.layers.1.self_attn.v_proj": "lora_te_text_model_encoder_layers_1_self_attn_v_proj"}
 
 
