@@ -121,3 +121,31 @@ def test_loha_becomes_the_optimal_lora_of_its_delta(files, tmp_path):
         assert got[name]["lora_down.weight"].shape[0] == 6
         err = float(torch.linalg.norm(delta(got[name]).double() - want))
         assert abs(err - float(torch.sqrt((s[6:] ** 2).sum()))) <= 1e-4 * max(1.0, float(s[0])), name
+
+
+def test_peft_folder_input_needs_the_family_and_resizes(tmp_path):
+    """A peft adapter folder (diffusers' training scripts write these) is an input like any file."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    pipe = tiny("sd1")
+    config = LoraConfig(r=8, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    inject_adapter_in_model(config, pipe.unet, adapter_name="default")
+    folder = tmp_path / "peft" / "unet"
+    folder.mkdir(parents=True)
+    config.save_pretrained(str(folder))
+    state = get_peft_model_state_dict(pipe.unet, adapter_name="default")
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(SdLoraError, match="--family"):
+        resize_adapter(tmp_path / "peft", tmp_path / "r.safetensors", rank=4)
+    out = tmp_path / "r.safetensors"
+    resize_adapter(tmp_path / "peft", out, rank=8, family="sd1", save_precision="fp32")
+    got = modules_of(out)
+    assert len(got) == len([k for k in state if k.endswith("lora_A.weight")]) > 0
+    for key, down in state.items():
+        if not key.endswith("lora_A.weight"):
+            continue
+        path = key[: -len(".lora_A.weight")]
+        want = 0.5 * state[path + ".lora_B.weight"] @ down  # alpha / r = 4 / 8
+        name = "lora_unet_" + path.replace(".", "_")
+        assert float((delta(got[name]) - want).abs().max()) <= 1e-5 * float(want.abs().max()), name
