@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from sd_lora.adapters import loha, lokr, lora
+from sd_lora.adapters.blocks import block_targets
 from sd_lora.adapters.spec import AdapterSpec
 from sd_lora.adapters.targets import resolve_targets
 from sd_lora.errors import SdLoraError
@@ -27,9 +28,12 @@ def adapter_spec(network, model: torch.nn.Module, component: str) -> AdapterSpec
     else:
         targets = resolve_targets(model, "text_encoder", preset=network.preset, suffixes=network.text_encoder_targets)
     conv_rank = network.conv_rank or network.rank
-    return AdapterSpec(targets, network.rank, network.alpha, conv_rank,
-                       network.conv_alpha if network.conv_alpha is not None else network.alpha,
-                       network.dropout, network.dora, network.rslora, network.lokr_factor)
+    conv_alpha = network.conv_alpha if network.conv_alpha is not None else network.alpha
+    ranks, alphas = {}, {}
+    if component == "unet":
+        targets, ranks, alphas = block_targets(network, targets, model.config.layers_per_block, conv_rank, conv_alpha)
+    return AdapterSpec(targets, network.rank, network.alpha, conv_rank, conv_alpha, network.dropout, network.dora,
+                       network.rslora, network.lokr_factor, ranks, alphas)
 
 
 def build_peft_config(method: str, spec: AdapterSpec):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sd_lora.adapters.targets import ResolvedTargets
 
@@ -21,15 +21,17 @@ class AdapterSpec:
     dora: bool = False
     rslora: bool = False
     lokr_factor: int = -1
+    ranks: dict = field(default_factory=dict)  # per-module rank (block dims), overriding rank / conv_rank
+    alphas: dict = field(default_factory=dict)  # per-module alpha (block alphas)
 
-    def _conv_pattern(self, conv_value, default) -> dict:
+    def _pattern(self, given: dict, conv_value, default) -> dict:
         # peft matches pattern keys as regexes against module names; use the exact names, escaped.
-        if conv_value == default:
-            return {}
-        return {re.escape(n): conv_value for n in self.targets.conv3x3}
+        conv = set(self.targets.conv3x3)
+        values = {n: given.get(n, conv_value if n in conv else default) for n in self.targets.names}
+        return {re.escape(n): v for n, v in values.items() if v != default}
 
     def rank_pattern(self) -> dict:
-        return self._conv_pattern(self.conv_rank, self.rank)
+        return self._pattern(self.ranks, self.conv_rank, self.rank)
 
     def alpha_pattern(self) -> dict:
-        return self._conv_pattern(self.conv_alpha, self.alpha)
+        return self._pattern(self.alphas, self.conv_alpha, self.alpha)

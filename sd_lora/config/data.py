@@ -104,11 +104,21 @@ class DataConfig:
                                              "them in later runs.")
     cache_text_encoder_outputs: bool = _f(False, "Encode each caption once (only when the text encoder is frozen and "
                                                  "captions are not shuffled or dropped).")
+    max_token_length: int | None = _f(None, "Caption tokens per image: 75, 150 or 225. Longer captions are split into "
+                                            "75-token windows, each encoded with BOS/EOS, and concatenated (as "
+                                            "AUTOMATIC1111 and kohya do); default: one window (cut at 75).")
+    alpha_mask: bool = _f(False, "Masked loss from each image's alpha channel: transparent pixels do not count "
+                                 "(opaque 1, transparent 0; images without alpha count fully).")
+    mask_dir: str | None = _f(None, "Masked loss from same-stem grayscale masks in this folder (white counts, black "
+                                    "does not); an image without a mask counts fully.", path=True)
     reg_data_dir: str | None = _f(None, "Folder of regularisation (class) images; shorthand for a subset with "
                                         "is_reg = true.", path=True)
     prior_loss_weight: float = _f(1.0, "Loss weight of regularisation images.")
     num_class_images: int = _f(0, "Generate class images into the regularisation folder until it holds this many.")
     class_prompt: str | None = _f(None, "Prompt for generating class images (e.g. 'a photo of a dog').")
+    class_image_steps: int = _f(30, "Denoising steps per generated class image.")
+    class_image_scheduler: str | None = _f(None, "Sampler of the generated class images (as in sd-lora generate); "
+                                                 "default: the model's own scheduler.")
     validation_split: float = _f(0.0, "Fraction of training images held out for a validation loss "
                                       "(chosen by the seed).")
     validation_dir: str | None = _f(None, "Folder of validation images with captions (instead of validation_split).",
@@ -134,6 +144,17 @@ class DataConfig:
             minimum = 1 if name == "num_repeats" else 0
             if getattr(self, name) < minimum:
                 problems.append(f"data.{name}: must be at least {minimum}, got {getattr(self, name)}")
+        if self.max_token_length is not None and self.max_token_length not in (75, 150, 225):
+            problems.append(f"data.max_token_length: must be 75, 150 or 225, got {self.max_token_length}")
+        if self.alpha_mask and self.mask_dir:
+            problems.append("data.alpha_mask: set either alpha_mask or mask_dir, not both")
+        if self.class_image_steps < 1:
+            problems.append(f"data.class_image_steps: must be at least 1, got {self.class_image_steps}")
+        if self.class_image_scheduler is not None:
+            from sd_lora.config.train import _check_scheduler
+
+            problems += [p.replace("sample.scheduler", "data.class_image_scheduler")
+                         for p in _check_scheduler(self.class_image_scheduler)]
         if self.cache_latents_to_disk and not self.cache_latents:
             problems.append("data.cache_latents_to_disk: needs cache_latents = true")
         return finite_first(self, "data", problems)

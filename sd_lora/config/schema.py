@@ -44,6 +44,20 @@ class NetworkConfig:
     rslora: bool = _f(False, "Rank-stabilised scaling alpha / sqrt(rank) (type lora only).")
     lokr_factor: int = _f(-1, "LoKr: factor of the Kronecker split (-1: as square as possible).")
     dropout: float = _f(0.0, "Dropout on the adapter path during training.")
+    rank_dropout: float = _f(0.0, "Rank dropout (kohya): each step drops each rank channel of every LoRA module's "
+                                  "down output with this probability, the rest scaled by 1/(1-p); training only.")
+    module_dropout: float = _f(0.0, "Module dropout (kohya): each step skips each LoRA module's update with this "
+                                    "probability; training only.")
+    block_lr_weights: list[float] | None = _f(
+        None, "Learning-rate multiplier per UNet block: 25 values in kohya's order (IN00-IN11, MID, OUT00-OUT11; "
+        "SDXL uses IN00-IN08, MID, OUT00-OUT08 and ignores the rest). Text encoders keep their lr.")
+    block_dims: list[int] | None = _f(
+        None, "Rank per UNet block (25 values, kohya's order as block_lr_weights); 0: the block is not adapted.")
+    block_alphas: list[float] | None = _f(None, "Alpha per UNet block (25 values); default: network.alpha.")
+    conv_block_dims: list[int] | None = _f(
+        None, "Rank of 3x3 convs per UNet block (25 values; LoCon); 0: that block's convs are not adapted.")
+    conv_block_alphas: list[float] | None = _f(None, "Alpha of 3x3 convs per UNet block (25 values); default: "
+                                                     "conv_alpha.")
     preset: Literal["attn", "attn-mlp", "full"] = _f(
         "attn", "Modules adapted: attn (to_q/k/v/out.0), attn-mlp (+ proj_in/out and feed-forward; text encoder "
         "+ fc1/fc2), full (+ ResNet convs, time embedding projections, up/down-samplers).")
@@ -66,8 +80,12 @@ class NetworkConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 problems.append(f"network.{name}: must be positive, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"network.dropout: must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "rank_dropout", "module_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"network.{name}: must be in [0, 1), got {getattr(self, name)}")
+            elif name != "dropout" and getattr(self, name) and self.type != "lora":
+                problems.append(f"network.{name}: only applies to type 'lora', not {self.type!r}")
+        problems += self._check_blocks()
         if self.unet_targets is not None and not self.unet_targets:
             problems.append("network.unet_targets: must name at least one module (or leave it out to use the preset)")
         if self.unet_targets and self.unet_target_regex:
@@ -85,6 +103,26 @@ class NetworkConfig:
             if getattr(self, flag) and self.type != "lora":
                 problems.append(f"network.{flag}: only applies to type 'lora', not {self.type!r}")
         return finite_first(self, "network", problems)
+
+    def _check_blocks(self) -> list[str]:
+        import math
+
+        problems = []
+        for name in ("block_lr_weights", "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if len(values) != 25:
+                problems.append(f"network.{name}: needs 25 values (IN00-IN11, MID, OUT00-OUT11), got {len(values)}")
+            elif any(not math.isfinite(v) or v < 0 for v in values):
+                problems.append(f"network.{name}: every value must be a finite number >= 0, got {values}")
+            elif name.endswith("alphas") and any(v <= 0 for v in values):
+                problems.append(f"network.{name}: every alpha must be positive, got {values}")
+        if (self.block_dims or self.conv_block_dims) and self.type != "lora":
+            problems.append(f"network.block_dims / conv_block_dims: only for type 'lora', not {self.type!r}")
+        if self.conv_block_dims and self.preset != "full" and not self.unet_targets and not self.unet_target_regex:
+            problems.append("network.conv_block_dims: 3x3 convs are only adapted with preset = 'full'")
+        return problems
 
 
 @dataclass
@@ -124,3 +162,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> list[str]:
+        """Rules across sections."""
+        problems = []
+        t, n = self.train, self.network
+        if t.optimizer == "prodigy" and n.block_lr_weights and len(set(n.block_lr_weights)) > 1:
+            problems.append("network.block_lr_weights: prodigy takes one learning rate for every parameter group; "
+                            "use optimizer = 'adamw' for block-wise rates")
+        return problems

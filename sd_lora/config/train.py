@@ -10,7 +10,7 @@ from sd_lora.config.fields import option as _f
 
 __all__ = ["TrainConfig", "SampleConfig", "OPTIMIZERS", "LR_SCHEDULERS"]
 
-OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor", "lion", "adamw_schedulefree", "came")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -20,8 +20,10 @@ class TrainConfig:
     max_epochs: int | None = _f(None, "Train for this many passes over the data instead of max_steps.")
     batch_size: int = _f(1, "Images per step per process (before gradient accumulation).")
     gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated into one optimiser step.")
-    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = _f(
-        "adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt), adafactor (transformers).")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion", "adamw_schedulefree", "came"] = _f(
+        "adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt), adafactor (transformers), "
+        "lion (lion-pytorch; use ~3-10x lower lr), adamw_schedulefree (schedulefree; no LR decay needed), "
+        "came (came-pytorch).")
     learning_rate: float = _f(1e-4, "Learning rate (for prodigy use 1.0: it adapts the step size itself).")
     unet_lr: float | None = _f(None, "Learning rate of the UNet adapters (default: learning_rate).")
     text_encoder_lr: float | None = _f(None, "Learning rate of the text-encoder adapters (default: learning_rate).")
@@ -44,6 +46,20 @@ class TrainConfig:
     min_snr_gamma: float | None = _f(None, "Min-SNR weighting gamma (5 is common); off when unset.")
     noise_offset: float = _f(0.0, "Add this much per-channel offset noise (helps very dark/bright images).")
     zero_terminal_snr: bool = _f(False, "Rescale the noise schedule to zero SNR at the last timestep.")
+    multires_noise_iterations: int = _f(0, "Multi-resolution (pyramid) noise: add this many upscaled noise levels "
+                                           "(kohya; 6-10 is common; 0: off).")
+    multires_noise_discount: float = _f(0.3, "Multi-resolution noise: weight of level i is discount**i.")
+    ip_noise_gamma: float = _f(0.0, "Input perturbation: the UNet input is noised with noise + gamma * extra noise, "
+                                    "the target stays the plain noise (0.1 is common; 0: off).")
+    debiased_estimation_loss: bool = _f(False, "Debiased estimation: weigh the loss by 1/sqrt(SNR) (v-prediction: "
+                                               "1/(SNR+1)), SNR capped at 1000.")
+    huber_schedule: Literal["constant", "exponential", "snr"] = _f(
+        "constant", "huber / smooth_l1: huber_c per timestep, constant, exponential (exp(-ln(1/c)·t/T)) or snr "
+        "((1 - c)/(1 + sigma_t)² + c), as kohya defines them.")
+    ema_decay: float | None = _f(None, "Keep an exponential moving average of the adapter weights (fp32, e.g. 0.999); "
+                                       "samples and the exported files use it. Off when unset.")
+    clip_skip: int | None = _f(None, "Train on the text encoder's N-th layer from the end (1 = last, 2 = penultimate, "
+                                     "AUTOMATIC1111's count); samples and generate use it too. Default: 1.")
     min_timestep: int = _f(0, "Lowest training timestep (inclusive).")
     max_timestep: int = _f(1000, "Highest training timestep (exclusive).")
     resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.")
@@ -60,6 +76,23 @@ class TrainConfig:
                 problems.append(f"train.{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_epochs is not None and self.max_epochs < 1:
             problems.append(f"train.max_epochs: must be at least 1, got {self.max_epochs}")
+        if self.clip_skip is not None and not 1 <= self.clip_skip <= 12:
+            problems.append(f"train.clip_skip: must be 1 (last layer) to 12, got {self.clip_skip}")
+        if self.multires_noise_iterations < 0:
+            problems.append(f"train.multires_noise_iterations: must not be negative, got {self.multires_noise_iterations}")
+        if not 0.0 < self.multires_noise_discount <= 1.0:
+            problems.append(f"train.multires_noise_discount: must be in (0, 1], got {self.multires_noise_discount}")
+        if self.ip_noise_gamma < 0:
+            problems.append(f"train.ip_noise_gamma: must not be negative, got {self.ip_noise_gamma}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            problems.append(f"train.ema_decay: must be between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
+        if self.huber_schedule != "constant" and self.loss_type == "l2":
+            problems.append(f"train.huber_schedule = {self.huber_schedule!r} only applies to loss_type 'huber' or "
+                            "'smooth_l1'; set train.loss_type, or leave huber_schedule out")
+        if self.huber_schedule == "exponential" and not 0 < self.huber_c < 1:
+            problems.append(f"train.huber_c: the exponential schedule needs 0 < huber_c < 1, got {self.huber_c}")
+        if self.min_snr_gamma and self.debiased_estimation_loss:
+            problems.append("train.debiased_estimation_loss: choose it or min_snr_gamma, not both (both reweigh by SNR)")
         for name in ("learning_rate", "unet_lr", "text_encoder_lr", "loraplus_lr_ratio", "huber_c", "min_snr_gamma"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -91,6 +124,8 @@ class SampleConfig:
     seed: int = _f(0, "Seed of the first sample; each prompt uses seed + its index, the same at every save.")
     steps: int = _f(20, "Denoising steps per sample.")
     guidance_scale: float = _f(7.0, "Classifier-free guidance scale.")
+    guidance_rescale: float | None = _f(None, "Guidance rescale (Lin et al.; diffusers' guidance_rescale, 0-1); "
+                                              "default: 0.7 with train.zero_terminal_snr, else 0.")
     scheduler: str = _f("Euler a", "Sampler name (as in sd-lora generate).")
     width: int | None = _f(None, "Sample width (default: data.resolution).")
     height: int | None = _f(None, "Sample height (default: data.resolution).")
@@ -107,6 +142,8 @@ class SampleConfig:
             value = getattr(self, name)
             if value is not None and (value < 8 or value % 8):
                 problems.append(f"sample.{name}: must be a positive multiple of 8, got {value}")
+        if self.guidance_rescale is not None and not 0.0 <= self.guidance_rescale <= 1.0:
+            problems.append(f"sample.guidance_rescale: must be between 0 and 1, got {self.guidance_rescale}")
         problems += _check_scheduler(self.scheduler)
         return finite_first(self, "sample", problems)
 

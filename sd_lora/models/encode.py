@@ -1,17 +1,27 @@
-"""Turn captions into the UNet's conditioning, and images into latents, for every family."""
+"""Turn captions into the UNet's conditioning, and images into latents, for every family.
+
+Clip skip counts like AUTOMATIC1111 and kohya (1 = last layer, 2 = penultimate). Long captions are split
+into windows of 75 tokens, each encoded with its own BOS/EOS and the windows' hidden states concatenated
+(AUTOMATIC1111's and kohya's long-prompt encoding); SDXL's pooled output comes from the first window. Training
+(`data.max_token_length`) and generation (long prompts) share this code.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PromptEmbeds", "tokenize", "encode_prompts", "sdxl_time_ids", "encode_latents"]
+from sd_lora.errors import SdLoraError
+
+__all__ = ["PromptEmbeds", "tokenize", "token_windows", "windows_needed", "encode_prompts", "sdxl_time_ids",
+           "encode_latents"]
 
 
 @dataclass
 class PromptEmbeds:
-    hidden_states: torch.Tensor  # [B, 77, cross_attention_dim]
+    hidden_states: torch.Tensor  # [B, 77 * windows, cross_attention_dim]
     pooled: torch.Tensor | None = None  # SDXL: [B, proj_dim] from the second text encoder
 
     def to(self, device) -> "PromptEmbeds":
@@ -23,18 +33,61 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
                      truncation=True, return_tensors="pt").input_ids
 
 
-def encode_prompts(text_encoders: list, tokenizers: list, captions: list[str], family: str) -> PromptEmbeds:
-    """SD1/SD2: last hidden state. SDXL: penultimate hidden states of both encoders, concatenated,
-    plus the pooled projection of the second (as the SDXL pipeline conditions)."""
+def _raw_tokens(tokenizer, captions: list[str]) -> list[list[int]]:
+    return tokenizer(captions, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
+
+def windows_needed(tokenizer, captions: list[str]) -> int:
+    """Windows the longest of `captions` needs (at least one)."""
+    size = tokenizer.model_max_length - 2
+    return max(1, *(math.ceil(len(ids) / size) for ids in _raw_tokens(tokenizer, captions)))
+
+
+def token_windows(tokenizer, captions: list[str], windows: int = 1) -> torch.Tensor:
+    """[B * windows, 77] ids: each caption's tokens cut to `windows` x 75, split into windows of 75, each
+    wrapped as BOS + tokens + EOS and padded with the tokenizer's pad token (one window = `tokenize`)."""
+    size = tokenizer.model_max_length - 2
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = []
+    for ids in _raw_tokens(tokenizer, captions):
+        ids = ids[: windows * size]
+        for w in range(windows):
+            chunk = [bos, *ids[w * size:(w + 1) * size], eos]
+            rows.append(chunk + [pad] * (size + 2 - len(chunk)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _hidden(te, ids: torch.Tensor, skip: int, sdxl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states at the clip-skip layer, output[0]) of one encoder."""
+    layers = getattr(getattr(te, "module", te), "config").num_hidden_layers
+    if skip > layers:
+        raise SdLoraError(f"clip skip {skip} is beyond the text encoder's {layers} layers; use 1 (last layer) to "
+                          f"{layers}")
+    if not sdxl and skip == 1:
+        out = te(ids)
+        return out[0], out[0]
+    out = te(ids, output_hidden_states=True)
+    if sdxl:  # SDXL conditions on the penultimate layer at clip skip 1, as the SDXL pipeline does
+        return out.hidden_states[-(skip + 1)], out[0]
+    inner = getattr(te, "module", te)
+    return getattr(inner, "text_model", inner).final_layer_norm(out.hidden_states[-skip]), out[0]
+
+
+def encode_prompts(text_encoders: list, tokenizers: list, captions: list[str], family: str,
+                   clip_skip: int | None = None, windows: int = 1) -> PromptEmbeds:
+    """SD1/SD2: the last hidden state (clip skip N: the N-th from last, through the final layer norm).
+    SDXL: both encoders' penultimate hidden states (clip skip N: one layer further back per step),
+    concatenated, plus the pooled projection of the second. `windows` x 75 tokens per caption."""
     device = next(text_encoders[0].parameters()).device  # also works on a DDP-wrapped encoder
-    if family != "sdxl":
-        ids = tokenize(tokenizers[0], captions).to(device)
-        return PromptEmbeds(text_encoders[0](ids)[0])
+    skip, sdxl, batch = clip_skip or 1, family == "sdxl", len(captions)
     hidden, pooled = [], None
     for te, tok in zip(text_encoders, tokenizers):
-        out = te(tokenize(tok, captions).to(device), output_hidden_states=True)
-        hidden.append(out.hidden_states[-2])
-        pooled = out[0]  # text_embeds of CLIPTextModelWithProjection (the last encoder)
+        states, first = _hidden(te, token_windows(tok, captions, windows).to(device), skip, sdxl)
+        hidden.append(states.reshape(batch, windows * states.shape[1], states.shape[2]))
+        pooled = first[::windows]  # text_embeds of CLIPTextModelWithProjection, first window of each caption
+    if not sdxl:
+        return PromptEmbeds(hidden[0])
     return PromptEmbeds(torch.cat(hidden, dim=-1), pooled)
 
 

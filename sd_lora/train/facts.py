@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-__all__ = ["training_facts"]
+__all__ = ["training_facts", "sample_guidance_rescale"]
+
+
+def sample_guidance_rescale(cfg) -> float:
+    """sample.guidance_rescale, default 0.7 with zero-terminal SNR (Lin et al.'s value), else 0."""
+    if cfg.sample.guidance_rescale is not None:
+        return cfg.sample.guidance_rescale
+    return 0.7 if cfg.train.zero_terminal_snr else 0.0
 
 
 def training_facts(recipe) -> dict:
@@ -16,6 +23,15 @@ def training_facts(recipe) -> dict:
         network_args.update(conv_dim=n.conv_rank or n.rank, conv_alpha=n.conv_alpha or n.alpha)
     if n.rslora:
         network_args["rslora"] = True
+    for key in ("rank_dropout", "module_dropout"):
+        if getattr(n, key):
+            network_args[key] = getattr(n, key)
+    for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+        if getattr(n, key):
+            network_args[key] = ",".join(f"{v:g}" for v in getattr(n, key))
+    if n.block_lr_weights:  # kohya's names: 12 down, 1 mid, 12 up
+        w = [f"{v:g}" for v in n.block_lr_weights]
+        network_args.update(down_lr_weight=",".join(w[:12]), mid_lr_weight=w[12], up_lr_weight=",".join(w[13:]))
     tags: dict = {}
     for sub in sc.subsets:
         counts = tags.setdefault(sub.spec.dir.name, {})
@@ -33,7 +49,16 @@ def training_facts(recipe) -> dict:
         "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "gradient_checkpointing": t.gradient_checkpointing, "mixed_precision": t.mixed_precision,
         "noise_offset": t.noise_offset or None, "min_snr_gamma": t.min_snr_gamma,
-        "caption_dropout_rate": c.data.caption_dropout_rate or None, "session_id": uuid.uuid4().int % 2**31,
+        "caption_dropout_rate": c.data.caption_dropout_rate or None,
+        "clip_skip": t.clip_skip, "max_token_length": c.data.max_token_length,
+        "multires_noise_iterations": t.multires_noise_iterations or None,
+        "multires_noise_discount": t.multires_noise_discount if t.multires_noise_iterations else None,
+        "ip_noise_gamma": t.ip_noise_gamma or None, "debiased_estimation": t.debiased_estimation_loss or None,
+        "loss_type": t.loss_type, "huber_schedule": t.huber_schedule if t.loss_type != "l2" else None,
+        "huber_c": t.huber_c if t.loss_type != "l2" else None, "zero_terminal_snr": t.zero_terminal_snr or None,
+        "network_dropout": n.dropout or None, "masked_loss": bool(c.data.alpha_mask or c.data.mask_dir) or None,
+        "ema_decay": t.ema_decay, "exported_weights": "ema" if t.ema_decay else "trained",
+        "samples": getattr(recipe, "sample_records", None) or None, "session_id": uuid.uuid4().int % 2**31,
         "training_started_at": getattr(recipe, "started_at", None),
         "training_finished_at": getattr(recipe, "finished_at", None),
         "base_model_name": recipe.model_info.name,
@@ -43,6 +68,8 @@ def training_facts(recipe) -> dict:
         "trigger_words": [c.data.trigger_word] if c.data.trigger_word else [],
         "inference": {"scheduler": c.sample.scheduler, "steps": c.sample.steps,
                       "guidance": c.sample.guidance_scale, "resolution": c.data.resolution,
+                      "clip_skip": t.clip_skip or 1, "zero_terminal_snr": t.zero_terminal_snr,
+                      "guidance_rescale": sample_guidance_rescale(c),
                       "sample_prompts": c.sample.prompts, "negative_prompt": c.sample.negative_prompt,
                       "trigger_words": [c.data.trigger_word] if c.data.trigger_word else []},
     }

@@ -31,9 +31,13 @@ from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_text, write_errors
 from sd_lora.models.encode import PromptEmbeds, encode_latents, encode_prompts, sdxl_time_ids
 from sd_lora.models.load import describe_source, load_pipeline
+from sd_lora.adapters.dropout import install_lora_dropout
 from sd_lora.train import checkpoint, loss as L, preflight, trackers
+from sd_lora.train.caches import setup_caches, validation_loss
+from sd_lora.train.ema import AdapterEMA, rounded_to
+from sd_lora.train.noise import draw_training_noise
 from sd_lora.train.facts import training_facts
-from sd_lora.train.optim import build_lr_scheduler, build_optimizer, param_groups
+from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
 from sd_lora.train.progress import Progress
 from sd_lora.train.signals import StopSignals
 
@@ -133,6 +137,9 @@ class LoRARecipe:
         self.noise_scheduler = DDPMScheduler.from_config(
             pipe.scheduler.config, prediction_type=self.prediction_type,
             rescale_betas_zero_snr=t.zero_terminal_snr, timestep_spacing="trailing" if t.zero_terminal_snr else "leading")
+        if t.zero_terminal_snr and self.prediction_type == "epsilon":
+            print("warning: train.zero_terminal_snr with an epsilon-prediction model: at the last timestep the input is "
+                  "pure noise, so epsilon is trivial and the model cannot learn the image there; use v-prediction")
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if self.family == "sdxl" else [])
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.family == "sdxl" else [])
@@ -160,6 +167,7 @@ class LoRARecipe:
         for name, model in zip(self.component_names, models):
             spec = adapter_spec(n, model, "unet" if name == "unet" else "text_encoder")
             self.modules_adapted[name] = inject(model, build_peft_config(n.type, spec))
+            install_lora_dropout(model, n.rank_dropout, n.module_dropout)
         self.trained = models
         if self.accelerator.is_main_process:
             o = self.cfg.output
@@ -177,7 +185,8 @@ class LoRARecipe:
         if class_images_needed(self.scan) and self.accelerator.is_main_process:
             from sd_lora.train.samples import class_image_generator
 
-            generate = class_image_generator(self.pipeline, self.cfg.data.resolution)
+            d = self.cfg.data
+            generate = class_image_generator(self.pipeline, d.resolution, d.class_image_steps, d.class_image_scheduler)
             self.scan = prepare_class_images(self.cfg.data, self.scan, generate, seed=self.cfg.train.seed)
         self.accelerator.wait_for_everyone()
         if class_images_needed(self.scan):  # other processes: re-read what the main process generated
@@ -192,8 +201,8 @@ class LoRARecipe:
         tok = self.tokenizers[0]
         dataset = build_dataset(d, self.scan, split="train", seed=t.seed,
                                 count_tokens=lambda text: len(tok(text).input_ids) - 2,
-                                max_tokens=tok.model_max_length - 2)
-        self._setup_caches(dataset)
+                                max_tokens=d.max_token_length or tok.model_max_length - 2)
+        setup_caches(self, dataset)
         loader = dict(seed=t.seed, num_workers=d.num_workers, num_processes=acc.num_processes,
                       process_index=acc.process_index)
         self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, **loader)
@@ -204,36 +213,13 @@ class LoRARecipe:
         self.steps_per_epoch = max(1, math.ceil(len(self.dataloader) / t.gradient_accumulation_steps))
         self.max_steps = t.max_epochs * self.steps_per_epoch if t.max_epochs else t.max_steps
 
-    def _setup_caches(self, dataset) -> None:
-        """Latents and text-encoder outputs computed once; with both cached, VAE and text encoders leave the GPU."""
-        from sd_lora.data import cache_latents, cache_text_outputs, text_cache_blocker
-
-        d, device = self.cfg.data, self.accelerator.device
-        latents_cached = texts_cached = False
-        if d.cache_latents:
-            encoder_id = f"{self.model_info.location}:{self.vae.dtype}"
-            stats = cache_latents(dataset, lambda px: encode_latents(self.vae, px.to(device)),
-                                  to_disk=d.cache_latents_to_disk, encoder_id=encoder_id)
-            print(f"latent cache: {stats.encoded} image(s) encoded, {stats.reused} reused from the disk cache")
-            latents_cached = True
-        if d.cache_text_encoder_outputs:
-            blocker = text_cache_blocker(dataset, self.cfg.network.train_text_encoder)
-            if blocker:
-                print(f"text-encoder outputs are not cached: {blocker}")
-            else:
-                with torch.no_grad():
-                    n = cache_text_outputs(dataset, lambda caps: encode_prompts(
-                        self.text_encoders, self.tokenizers, caps, self.family))
-                print(f"text-encoder outputs cached for {n} distinct captions")
-                texts_cached = True
-        if latents_cached and texts_cached and device.type != "cpu":
-            for model in (self.vae, *self.text_encoders):
-                model.to("cpu")
-
     def _setup_optimizer(self) -> None:
         t = self.cfg.train
-        groups = param_groups(dict(zip(self.component_names, self.trained)), t)
+        groups = param_groups(dict(zip(self.component_names, self.trained)), t, block_lr_weight(self.cfg.network, self.unet))
         self.optimizer = build_optimizer(groups, t, self.accelerator.device)
+        self.ema = AdapterEMA([p for g in groups for p in g["params"]], t.ema_decay) if t.ema_decay else None
+        if self.ema:  # saved with every resumable state
+            self.accelerator.register_for_checkpointing(self.ema)
         prepared = self.accelerator.prepare(*self.trained, self.optimizer)
         self.trained, self.optimizer = list(prepared[:-1]), prepared[-1]
         # Built on the prepared optimiser (torch warns when step() is wrapped after the schedule exists) and
@@ -283,7 +269,7 @@ class LoRARecipe:
                     window = self._after_optimizer_step(window, bar)
                 if epoch_end:
                     self._periodic(epoch_end=True)
-                if st.global_step >= self.max_steps or self.stop_signal:
+                if st.global_step >= self.max_steps or (self.stop_signal and acc.sync_gradients):  # whole steps
                     break
         bar.close()
         self._set_train_mode(False)
@@ -303,6 +289,8 @@ class LoRARecipe:
         self.losses.append(step_loss)
         self.step_times.append(time.perf_counter())
         st.global_step += 1
+        if self.ema:
+            self.ema.update()
         bar.advance()
         if st.global_step % self.cfg.train.log_every_n_steps == 0 or st.global_step == self.max_steps:
             self._log(step_loss, (time.perf_counter() - self._window_start) / max(1, len(window)), bar)
@@ -328,24 +316,25 @@ class LoRARecipe:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach().item()
 
-    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None,
-                     timesteps: torch.Tensor | None = None) -> torch.Tensor:
-        """Frozen parts under no_grad; noise and timesteps from our generator unless given; the configured loss."""
+    def compute_loss(self, batch: dict, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None,
+                     input_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Frozen parts under no_grad; noise (target, and UNet input: perturbed with ip_noise_gamma) and timesteps
+        from our generator unless given; the configured loss."""
         t, device = self.cfg.train, self.accelerator.device
         with torch.no_grad():
             latents = batch["latents"].to(device) if "latents" in batch else \
                 encode_latents(self.vae, batch["pixel_values"].to(device))
         latents = latents.to(self.unet.dtype)
         if noise is None:
-            noise, timesteps = self._draw_noise(latents.shape)
+            noise, input_noise, timesteps = self._draw_noise(latents.shape)
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        input_noise = noise if input_noise is None else input_noise.to(device, latents.dtype)
+        noisy = self.noise_scheduler.add_noise(latents, input_noise, timesteps)
         if "text_embeds" in batch:
             embeds = PromptEmbeds(**batch["text_embeds"]).to(device)
         else:
             with torch.set_grad_enabled(self.cfg.network.train_text_encoder), self.accelerator.autocast():
-                embeds = encode_prompts(self.text_encoders_forward, self.tokenizers, batch["captions"],
-                                        self.family).to(device)
+                embeds = self.encode_text(batch["captions"], self.text_encoders_forward).to(device)
         added = None
         if self.family == "sdxl":
             time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
@@ -354,44 +343,33 @@ class LoRARecipe:
             pred = self.unet_forward(noisy, timesteps, embeds.hidden_states.to(self.unet.dtype),
                                      added_cond_kwargs=added).sample
         target = L.diffusion_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
-        per_sample = L.per_sample_loss(pred, target, t.loss_type, t.huber_c)
-        if t.min_snr_gamma:
-            per_sample = per_sample * L.min_snr_weights(self.noise_scheduler.alphas_cumprod, timesteps,
-                                                        t.min_snr_gamma, self.prediction_type)
-        return L.weighted_mean(per_sample, batch.get("loss_weight"))
+        return L.training_loss(pred, target, timesteps, self.noise_scheduler, t, self.prediction_type,
+                               batch.get("mask"), batch.get("loss_weight"))
 
-    def _draw_noise(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, captions: list[str], encoders: list) -> PromptEmbeds:
+        """Captions -> conditioning with this run's clip skip and caption windows (data.max_token_length)."""
+        return encode_prompts(encoders, self.tokenizers, captions, self.family, self.cfg.train.clip_skip,
+                              (self.cfg.data.max_token_length or 75) // 75)
+
+    def _draw_noise(self, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noise and timesteps of the *global* micro-batch (every process's share), from a generator seeded anew
         each micro-step from the shared one; this process takes its slice. 2 processes x batch 1 thus see what
         1 process x batch 2 sees, and ranks stay in step even when their buckets differ in size."""
         t, acc = self.cfg.train, self.accelerator
         g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
         start, full = acc.process_index * t.batch_size, acc.num_processes * t.batch_size
-        noise = L.sample_noise((full, *shape[1:]), g, t.noise_offset)[start:start + shape[0]]
-        timesteps = L.sample_timesteps(full, g, t.min_timestep, t.max_timestep)[start:start + shape[0]]
-        return noise, timesteps
+        return tuple(x[start:start + shape[0]] for x in draw_training_noise((full, *shape[1:]), g, t))
 
     def validation_loss(self) -> float | None:
         """Mean loss over the validation set with each image's fixed noise and timestep (comparable across steps)."""
-        from sd_lora.data import validation_noise
-
-        if self.val_dataloader is None:
-            return None
-        total, count = 0.0, 0
         with torch.no_grad(), self._eval_mode():
-            for batch in self.val_dataloader:
-                shape = self._latent_shape(batch)
-                noise, timesteps = validation_noise(batch["noise_seed"], shape,
-                                                    self.noise_scheduler.config.num_train_timesteps)
-                n = len(batch["captions"])
-                total += self.compute_loss(batch, noise, timesteps).item() * n
-                count += n
-        return total / max(count, 1)
+            return validation_loss(self)
 
     def _set_train_mode(self, training: bool) -> None:
         """Trained models in train mode while training (adapter dropout on, text-encoder checkpointing active)."""
         for model in self.trained:
             model.train(training)
+        set_optimizer_mode(getattr(self, "optimizer", None), training)  # schedule-free: train/eval points
 
     @contextlib.contextmanager
     def _eval_mode(self):
@@ -403,13 +381,15 @@ class LoRARecipe:
         finally:
             for model, mode in zip(self.trained, before):
                 model.train(mode)
+            set_optimizer_mode(getattr(self, "optimizer", None), before[0])
 
-    def _latent_shape(self, batch: dict) -> tuple[int, ...]:
-        if "latents" in batch:
-            return tuple(batch["latents"].shape[1:])
-        _, _, h, w = batch["pixel_values"].shape
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        return (self.vae.config.latent_channels, h // factor, w // factor)
+    @contextlib.contextmanager
+    def _as_saved(self):
+        """Eval mode, the EMA weights when on, rounded to output.save_precision: what the saved file holds."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        with self._eval_mode(), self.ema.applied() if self.ema else contextlib.nullcontext(), \
+                rounded_to(params, _DTYPES[self.cfg.output.save_precision]):
+            yield
 
     def _log(self, step_loss: float, sec_per_micro: float, bar) -> None:
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
@@ -462,7 +442,7 @@ class LoRARecipe:
 
         if not self.accelerator.is_main_process:
             return None
-        with self._eval_mode():
+        with self._as_saved():
             path = render_samples(self.pipeline, self.cfg, self.family, self.state.global_step, self.out_dir / "samples")
         if self.accelerator.log_with:
             trackers.log_grid(self.accelerator, path, self.state.global_step)
@@ -473,9 +453,10 @@ class LoRARecipe:
 
         o = self.cfg.output
         components = {name: self.accelerator.unwrap_model(model) for name, model in zip(self.component_names, self.trained)}
-        return save_adapter(path, components, self.family, unet_config=dict(self.unet.config),
-                            save_precision=_DTYPES[o.save_precision], format=o.format,
-                            metadata=community_metadata(training_facts(self)))
+        with self._as_saved():
+            return save_adapter(path, components, self.family, unet_config=dict(self.unet.config),
+                                save_precision=_DTYPES[o.save_precision], format=o.format,
+                                metadata=community_metadata(training_facts(self)))
 
     def save(self) -> TrainResult:
         o = self.cfg.output

@@ -33,13 +33,23 @@ def render_samples(pipeline, cfg, family: str, step: int, out_dir: Path) -> Path
     return path
 
 
-def class_image_generator(pipeline, resolution: int):
-    """`generate(prompts, seeds) -> images` for prior preservation, with the base model (no adapters yet)."""
+def class_image_generator(pipeline, resolution: int, steps: int = 30, scheduler: str | None = None):
+    """`generate(prompts, seeds) -> images` for prior preservation, with the base model (no adapters yet):
+    `steps` denoising steps with sampler `scheduler` (default: the model's own); the pipeline's scheduler is
+    put back afterwards."""
 
     def generate(prompts: list[str], seeds: list[int]):
+        from sd_lora.inference import set_scheduler
+
         generators = [torch.Generator().manual_seed(s) for s in seeds]
-        with torch.no_grad():
-            return pipeline(prompts, generator=generators, height=resolution, width=resolution,
-                            num_inference_steps=30).images
+        before = pipeline.scheduler
+        if scheduler:
+            set_scheduler(pipeline, scheduler)
+        try:
+            with torch.no_grad():
+                return pipeline(prompts, generator=generators, height=resolution, width=resolution,
+                                num_inference_steps=steps).images
+        finally:
+            pipeline.scheduler = before
 
     return generate
