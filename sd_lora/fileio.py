@@ -73,9 +73,14 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
 def write_errors(what: str, then: str = "") -> Iterator[None]:
     """Turn a failed write (disk full, file too large, permission denied) into one clear error. The writes inside
     are atomic, so everything saved before is still intact."""
+    from safetensors import SafetensorError  # safetensors reports its I/O errors as its own type
+
     try:
         yield
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
+        if isinstance(e, SafetensorError) and "I/O error" not in str(e):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).rsplit("I/O error: ", 1)[-1]
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        raise SdLoraError(f"could not write {what}: {e.strerror or e}{where}. The files saved before are intact; "
+        raise SdLoraError(f"could not write {what}: {reason}{where}. The files saved before are intact; "
                           f"free some space or fix the permissions{then}.") from e

@@ -103,8 +103,9 @@ def run_fingerprint(cfg, scan) -> dict:
     }
 
 
-# fields a user may override with train.resume_ignore_mismatch; the network's shape never (the tensors would not fit)
-_OVERRIDABLE = ("base model", "dataset", "seed", "optimizer")
+# network fields that decide the tensors' names and shapes: train.resume_ignore_mismatch cannot override these
+_SHAPE = ("type", "rank", "conv_rank", "dora", "preset", "unet_targets", "unet_target_regex", "train_text_encoder",
+          "text_encoder_targets", "lokr_factor")
 
 
 def check_fingerprint(state: Path, saved: dict, current: dict, ignore_mismatch: bool) -> list[str]:
@@ -120,7 +121,7 @@ def check_fingerprint(state: Path, saved: dict, current: dict, ignore_mismatch: 
     if not diffs:
         return []
     listed = "\n  ".join(f"{name}: state {old!r}, this run {new!r}" for name, old, new in diffs)
-    fixed = [d for d in diffs if d[0].startswith("network.")]
+    fixed = [d for d in diffs if d[0].removeprefix("network.") in _SHAPE]
     if ignore_mismatch and not fixed:
         return [f"{name}: state {old!r}, this run {new!r}" for name, old, new in diffs]
     hint = ("the network's shape cannot be changed on resume; train it from scratch (remove train.resume) or use a "

@@ -15,12 +15,14 @@ class StopSignals:
     def __init__(self):
         self.requested: str | None = None  # the signal's name once one arrived
         self.saving = False
+        self._told = False  # "please wait" is said once per save
         self._previous: dict = {}
 
     def install(self) -> None:
         def request_stop(signum, _frame):
-            if self.saving:
+            if self.saving and not self._told:
                 print("sd-lora: saving, please wait …", file=sys.stderr, flush=True)
+                self._told = True
             self.requested = self.requested or signal.Signals(signum).name
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -31,7 +33,7 @@ class StopSignals:
 
     @contextlib.contextmanager
     def saving_files(self):
-        self.saving = True
+        self.saving, self._told = True, False
         try:
             yield
         finally:
