@@ -168,31 +168,31 @@ def _batches(jobs: list[_Job], batch_size: int, adapters: AdapterSet | None) -> 
 
 
 def _encode(pipe, job: _Job, cfg: bool) -> dict[str, torch.Tensor | None]:
+    """Prompt and negative through the training code's encoder (clip skip, 75-token windows for long prompts:
+    both get as many windows as the longer needs). SDXL's empty negative is zeros when the model asks for it."""
+    from sd_lora.models.encode import encode_prompts, windows_needed
+
     r = job.request
-    clip_skip = r.clip_skip - 1 if r.clip_skip and r.clip_skip > 1 else None
-    device = pipe._execution_device
-    if hasattr(pipe, "text_encoder_2"):
-        pe, ne, pp, npp = pipe.encode_prompt(job.prompt, device=device, num_images_per_prompt=1,
-                                             do_classifier_free_guidance=cfg, negative_prompt=r.negative_prompt,
-                                             clip_skip=clip_skip)
-        return {"prompt_embeds": pe, "negative_prompt_embeds": ne, "pooled_prompt_embeds": pp,
-                "negative_pooled_prompt_embeds": npp}
-    if clip_skip:
-        pe = _skipped_embeds(pipe, job.prompt, clip_skip, device)
-        ne = _skipped_embeds(pipe, r.negative_prompt, clip_skip, device) if cfg else None
-        return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
-    pe, ne = pipe.encode_prompt(job.prompt, device, 1, cfg, negative_prompt=r.negative_prompt)
-    return {"prompt_embeds": pe, "negative_prompt_embeds": ne}
-
-
-def _skipped_embeds(pipe, text: str, skip: int, device) -> torch.Tensor:
-    """SD1/SD2 clip skip for prompt and negative alike (diffusers skips the prompt only, and reaches for
-    `text_model`, which transformers' CLIPTextModel no longer has)."""
-    te, tok = pipe.text_encoder, pipe.tokenizer
-    ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids.to(device)
-    hidden = te(ids, output_hidden_states=True).hidden_states[-(skip + 1)]
-    return getattr(te, "text_model", te).final_layer_norm(hidden).to(te.dtype)
+    sdxl = hasattr(pipe, "text_encoder_2")
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if sdxl else [])
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if sdxl else [])
+    texts = [job.prompt] + ([r.negative_prompt] if cfg else [])
+    windows = max(windows_needed(tok, texts) for tok in tokenizers)
+    family = "sdxl" if sdxl else "sd1"
+    pos = encode_prompts(encoders, tokenizers, [job.prompt], family, r.clip_skip, windows)
+    neg = None
+    if cfg:
+        zeros = sdxl and not r.negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False)
+        neg = encode_prompts(encoders, tokenizers, [r.negative_prompt], family, r.clip_skip, windows)
+        if zeros:
+            neg.hidden_states, neg.pooled = torch.zeros_like(pos.hidden_states), torch.zeros_like(pos.pooled)
+    dtype = pipe.unet.dtype
+    out = {"prompt_embeds": pos.hidden_states.to(dtype),
+           "negative_prompt_embeds": None if neg is None else neg.hidden_states.to(dtype)}
+    if sdxl:
+        out.update(pooled_prompt_embeds=pos.pooled.to(dtype),
+                   negative_pooled_prompt_embeds=None if neg is None else neg.pooled.to(dtype))
+    return out
 
 
 def _unet_context(jobs: list[_Job], adapters: AdapterSet | None):
