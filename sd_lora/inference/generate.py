@@ -47,6 +47,7 @@ class GenerationRequest:
     height: int | None = None
     loras: Sequence[LoraRef | tuple[str, float]] = ()
     clip_skip: int | None = None
+    guidance_rescale: float = 0.0  # diffusers' guidance_rescale (rescale_noise_cfg), for zero-terminal-SNR models
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class GeneratedImage:
     width: int
     height: int
     fused: dict[str, float] = field(default_factory=dict)
+    zero_terminal_snr: bool = False  # the scheduler's betas were rescaled to zero terminal SNR
 
 
 @dataclass
@@ -90,7 +92,7 @@ class _Job:
     @property
     def shape(self) -> tuple:
         r = self.request
-        return r.steps, r.guidance, self.width, self.height
+        return r.steps, r.guidance, self.width, self.height, r.guidance_rescale
 
 
 def _refs(request: GenerationRequest, where: str) -> tuple[str, list[LoraRef]]:
@@ -137,6 +139,8 @@ def _plan(pipe, requests: Iterable[GenerationRequest], adapters: AdapterSet | No
         if width % 8 or height % 8 or width <= 0 or height <= 0:
             raise SdLoraError(f"request {i + 1}: size {width}x{height} is not a multiple of 8; "
                               f"use e.g. {max(8, width // 8 * 8)}x{max(8, height // 8 * 8)}")
+        if not (math.isfinite(req.guidance_rescale) and 0 <= req.guidance_rescale <= 1):
+            raise SdLoraError(f"request {i + 1}: guidance rescale {req.guidance_rescale!r} must be between 0 and 1")
         if req.steps < 1:
             raise SdLoraError(f"request {i + 1}: steps must be at least 1, got {req.steps}")
         if refs and adapters is None:
@@ -206,7 +210,7 @@ def _unet_context(jobs: list[_Job], adapters: AdapterSet | None):
 
 
 def _run_batch(pipe, jobs: list[_Job], adapters: AdapterSet | None) -> np.ndarray:
-    steps, guidance, width, height = jobs[0].shape
+    steps, guidance, width, height, rescale = jobs[0].shape
     cfg = guidance > 1 and pipe.unet.config.get("time_cond_proj_dim") is None
     encoded = []
     for job in jobs:
@@ -216,8 +220,9 @@ def _run_batch(pipe, jobs: list[_Job], adapters: AdapterSet | None) -> np.ndarra
     embeds = {k: None if encoded[0][k] is None else torch.cat([e[k] for e in encoded]) for k in encoded[0]}
     generators = [torch.Generator().manual_seed(int(j.request.seed)) for j in jobs]
     with torch.no_grad(), _unet_context(jobs, adapters):
+        extra = {"guidance_rescale": rescale} if rescale else {}
         out = pipe(**embeds, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                   generator=generators, output_type="np")
+                   generator=generators, output_type="np", **extra)
     return np.asarray(out.images, dtype=np.float32)
 
 
@@ -259,7 +264,7 @@ def iter_images(pipeline, requests: Iterable[GenerationRequest], *, adapters: Ad
             for job, array in zip(batch, arrays):
                 image = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
                 yield GeneratedImage(image, array, job.request, job.prompt, job.loras, sampler, job.width,
-                                     job.height, fused)
+                                     job.height, fused, bool(pipeline.scheduler.config.get("rescale_betas_zero_snr")))
 
 
 def generate_images(pipeline, requests: Iterable[GenerationRequest], *, adapters: AdapterSet | None = None,

@@ -21,8 +21,10 @@ def _number(x: float) -> str:
     return f"{x:g}"
 
 
-def format_parameters(generated, model: str) -> str:
-    """The AUTOMATIC1111 `parameters` text: prompt (with its `<lora:NAME:W>` tags), negative prompt, settings."""
+def format_parameters(generated, model: str, extra: dict[str, str] | None = None,
+                      fused_hashes: dict[str, str] | None = None) -> str:
+    """The AUTOMATIC1111 `parameters` text: prompt (with its `<lora:NAME:W>` tags), negative prompt, settings;
+    `extra` fields (e.g. Model hash) before the version; `fused_hashes` {name: hash} of fused adapters."""
     r = generated.request
     tags = "".join(f" <lora:{u.path.stem if u.path.is_file() else u.path.name}:{_number(u.weight)}"
                    + ("" if getattr(u, "unet_weight", None) is None else f":{_number(u.unet_weight)}") + ">"
@@ -34,11 +36,18 @@ def format_parameters(generated, model: str) -> str:
               ("Seed", str(r.seed)), ("Size", f"{generated.width}x{generated.height}"), ("Model", model)]
     if r.clip_skip:
         fields.append(("Clip skip", str(r.clip_skip)))
+    if getattr(r, "guidance_rescale", 0):
+        fields.append(("CFG Rescale", _number(r.guidance_rescale)))
+    if getattr(generated, "zero_terminal_snr", False):
+        fields.append(("Noise schedule", "zero terminal SNR"))
     if generated.loras:
         hashes = ", ".join(f"{u.path.stem if u.path.is_file() else u.path.name}: {u.hash}" for u in generated.loras)
         fields.append(("Lora hashes", hashes))
     if generated.fused:
         fields.append(("Fused LoRAs", ", ".join(f"{n}: {_number(w)}" for n, w in generated.fused.items())))
+        if fused_hashes and not generated.loras:
+            fields.append(("Lora hashes", ", ".join(f"{n}: {h}" for n, h in fused_hashes.items())))
+    fields += list((extra or {}).items())
     fields.append(("Version", "sd-lora"))
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
     return "\n".join(lines)

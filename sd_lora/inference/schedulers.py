@@ -49,16 +49,29 @@ def canonical_scheduler(name: str) -> str:
     return found
 
 
-def set_scheduler(pipeline, name: str) -> str:
+def set_scheduler(pipeline, name: str, zero_terminal_snr: bool = False) -> str:
     """Replace the pipeline's scheduler with `name`, keeping the model's own settings (prediction type, betas).
 
+    With `zero_terminal_snr` (an adapter trained with it) the betas are rescaled to zero SNR at the last step
+    and the timesteps spaced "trailing" (Lin et al.), through diffusers' own `rescale_betas_zero_snr`; a
+    scheduler without that option is an error naming those that have it.
     Returns the display name (recorded in PNG parameters)."""
+    import inspect
+
     import diffusers
 
     display = canonical_scheduler(name)
     class_name, extra = SCHEDULERS[display]
+    cls = getattr(diffusers, class_name)
     config = dict(pipeline.scheduler.config)
-    pipeline.scheduler = getattr(diffusers, class_name).from_config(config, **extra)
+    if zero_terminal_snr:
+        if "rescale_betas_zero_snr" not in inspect.signature(cls.__init__).parameters:
+            able = [n for n, (c, _) in SCHEDULERS.items()
+                    if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, c).__init__).parameters]
+            raise SdLoraError(f"scheduler {display!r} cannot use zero-terminal SNR (the adapter was trained with it); "
+                              f"choose one of: {', '.join(able)}")
+        extra = {**extra, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    pipeline.scheduler = cls.from_config(config, **extra)
     return display
 
 
