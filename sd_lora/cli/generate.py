@@ -21,7 +21,10 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers, name: str) -> None:
     p = subparsers.add_parser(name, help="generate images with LoRA adapters",
                               description="Generate images (SD1/SD2/SDXL) with adapters at adjustable weights.")
-    p.add_argument("--model", default="builtin:tiny", help="diffusers directory, hub id, or builtin:NAME")
+    p.add_argument("--model", default=None, help="diffusers directory, hub id, or builtin:NAME (default: builtin:tiny; "
+                                                 "with --recipe: the recorded base model)")
+    p.add_argument("--recipe", metavar="ADAPTER.safetensors|IMAGE.png",
+                   help="regenerate the training samples an adapter records (all) or a sample PNG records (that one)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="adapter for every prompt (repeatable); a bare name is looked up in --lora-dir")
     p.add_argument("--lora-dir", help="folder where <lora:NAME:W> tags and bare --lora names are looked up")
@@ -37,7 +40,10 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--scheduler", default="Euler a", help="Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, DDIM, UniPC, ...")
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
-    p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 count: 1 = last layer, 2 = penultimate")
+    p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 count: 1 = last layer, 2 = penultimate (default: "
+                                                  "the first --lora's training clip skip)")
+    p.add_argument("--guidance-rescale", type=float, help="diffusers' guidance rescale, 0-1 (default: what the first "
+                                                          "--lora was sampled with, e.g. 0.7 with zero-terminal SNR)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--fuse", action="store_true", help="merge the --lora adapters into the weights (no overhead)")
@@ -140,7 +146,8 @@ def _requests(args, specs, ranges, global_loras) -> tuple[int, Iterator, list]:
             negative_prompt=args.negative_prompt if spec.negative_prompt is None else spec.negative_prompt,
             steps=spec.steps or args.steps, guidance=args.guidance if spec.guidance is None else spec.guidance,
             width=spec.width or args.width, height=spec.height or args.height,
-            loras=list(global_loras) + list(spec.loras), clip_skip=args.clip_skip)
+            loras=list(global_loras) + list(spec.loras), clip_skip=args.clip_skip,
+            guidance_rescale=args.guidance_rescale or 0.0)
 
     def generate():
         for spec in specs:
@@ -152,15 +159,68 @@ def _requests(args, specs, ranges, global_loras) -> tuple[int, Iterator, list]:
     return count, generate(), firsts
 
 
+def _adapter_defaults(args, loras) -> dict:
+    """Clip skip, zero-terminal SNR and guidance rescale from the first --lora trained by sd-lora, unless given."""
+    from sd_lora.inference.recipes import adapter_defaults
+
+    found = adapter_defaults([Path(ref.name) for ref in loras])
+    if args.clip_skip is None and found.get("clip_skip", 1) > 1:
+        args.clip_skip = found["clip_skip"]
+    if args.guidance_rescale is None:
+        args.guidance_rescale = found.get("guidance_rescale", 0.0)
+    elif not (math.isfinite(args.guidance_rescale) and 0 <= args.guidance_rescale <= 1):
+        raise SdLoraError(f"--guidance-rescale {args.guidance_rescale!r} must be between 0 and 1")
+    return found
+
+
+def _warn_zero_snr(on: bool | None, info) -> None:
+    if on and info.prediction_type == "epsilon":
+        print("warning: the adapter was trained with zero-terminal SNR, but the base model predicts epsilon; "
+              "zero-terminal SNR needs a v-prediction model")
+
+
+def _run_recipe(args) -> int:
+    """Regenerate recorded training samples: the recorded base model (or --model), dtype, sampler and settings."""
+    from sd_lora.inference import AdapterSet, iter_images, load_generation_pipeline, set_scheduler
+    from sd_lora.inference.hashes import base_model_hash
+    from sd_lora.inference.recipes import read_recipes, recipe_request
+
+    recipes = read_recipes(args.recipe)
+    out = Path(args.out)
+    _check_out(out)
+    first = recipes[0][0]
+    model = args.model or (first["base_model_location"] if Path(first["base_model_location"]).exists()
+                           else first["base_model"])
+    dtype = first.get("dtype", "fp32") if args.dtype == "auto" else args.dtype
+    pipe, info = load_generation_pipeline(model, device=args.device, dtype=dtype)
+    if first.get("base_model_hash") and base_model_hash(info.location) != first["base_model_hash"]:
+        print(f"warning: {model} is not the base model the samples were rendered with (its hash differs); "
+              "the images will differ")
+    _warn_zero_snr(first.get("zero_terminal_snr"), info)
+    adapters = AdapterSet(pipe, family=info.family, allow_pickle=args.allow_pickle)
+    start, written = _next_index(out), 0
+    for record, adapter in recipes:
+        set_scheduler(pipe, record["sampler"], record.get("zero_terminal_snr", False))
+        for im in iter_images(pipe, [recipe_request(record, adapter)], adapters=adapters, progress=False):
+            _save(im, out / f"{start + written:05d}-{im.request.seed}.png", info)
+            written += 1
+    print(f"wrote {written} image(s) to {out} from the recipes in {args.recipe}")
+    return 0
+
+
 def _next_index(out: Path) -> int:
     numbers = [int(p.name[:5]) for p in out.glob("*.png") if p.name[:5].isdigit()]
     return max(numbers, default=-1) + 1
 
 
-def _save(im, path: Path, model: str, family: str) -> Path:
+def _save(im, path: Path, info, fused_hashes: dict | None = None) -> Path:
+    """The PNG with AUTOMATIC1111 parameters (base model hash; fused adapters' hashes) and its JSON sidecar."""
     from sd_lora.inference import format_parameters, image_record, save_png
+    from sd_lora.inference.hashes import base_model_hash
 
-    return save_png(path, im.image, format_parameters(im, model), image_record(im, model, family))
+    extra = {"Model hash": h[:10]} if (h := base_model_hash(info.location)) else {}
+    return save_png(path, im.image, format_parameters(im, info.name, extra, fused_hashes),
+                    image_record(im, info.name, info.family))
 
 
 def _grid(images, out: Path, stem: str, **kwargs) -> Path:
@@ -175,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
         parse_lora_arg, set_scheduler, sweep_requests
     from sd_lora.inference.generate import check_requests
 
+    if args.recipe:
+        return _run_recipe(args)
+    args.model = args.model or "builtin:tiny"
     # every check that needs no model comes first: a typo costs milliseconds, not a model load
     scheduler = canonical_scheduler(args.scheduler)
     _check_args(args)
@@ -182,12 +245,14 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep and (args.fuse or not args.lora):
         raise SdLoraError("--sweep needs one or more --lora and cannot be combined with --fuse")
     loras = [parse_lora_arg(text) for text in args.lora]
+    defaults = _adapter_defaults(args, loras)
     specs, ranges = _specs(args), _seed_ranges(args)
     out = Path(args.out)
     _check_out(out)
     count, requests, firsts = _requests(args, specs, ranges, [] if (args.fuse or args.sweep) else loras)
     pipe, info = load_generation_pipeline(args.model, device=args.device, dtype=args.dtype)
-    set_scheduler(pipe, scheduler)
+    _warn_zero_snr(defaults.get("zero_terminal_snr"), info)
+    set_scheduler(pipe, scheduler, defaults.get("zero_terminal_snr", False))
     adapters = AdapterSet(pipe, family=info.family, lora_dir=args.lora_dir, allow_pickle=args.allow_pickle)
     files = adapters.load([ref.name for ref in loras])
     if args.sweep:
@@ -195,15 +260,17 @@ def run(args: argparse.Namespace) -> int:
         count = len(requests)
     else:  # one request per prompt stands for all its seeds: LoRA files and families fail before any image
         check_requests(pipe, firsts, adapters=adapters)
+    fused_hashes = None
     if args.fuse:
         adapters.fuse([(f, ref.weight) for f, ref in zip(files, loras)])
+        fused_hashes = {Path(f).stem: adapters.hash(f) for f in files}
     start, images, written = _next_index(out), [], 0
     keep = args.sweep or (not args.no_grid and 1 < count <= _GRID_MAX)
     # Saved as each batch finishes, so an interrupted run keeps what it made.
     for i, im in enumerate(iter_images(pipe, requests, adapters=adapters, batch_size=args.batch_size)):
         path = out / f"{start + i:05d}-{im.request.seed}.png"
         try:
-            _save(im, path, info.name, info.family)
+            _save(im, path, info, fused_hashes)
         except OSError as e:
             raise SdLoraError(f"cannot write {path} ({e.strerror or e}); {written} image(s) were written to {out} "
                               "before it; free space or choose another --out") from None

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-__all__ = ["training_facts", "sample_guidance_rescale"]
+from sd_lora.train.samples import sample_guidance_rescale, sample_records
 
-
-def sample_guidance_rescale(cfg) -> float:
-    """sample.guidance_rescale, default 0.7 with zero-terminal SNR (Lin et al.'s value), else 0."""
-    if cfg.sample.guidance_rescale is not None:
-        return cfg.sample.guidance_rescale
-    return 0.7 if cfg.train.zero_terminal_snr else 0.0
+__all__ = ["training_facts"]
 
 
 def training_facts(recipe) -> dict:
@@ -58,7 +53,8 @@ def training_facts(recipe) -> dict:
         "huber_c": t.huber_c if t.loss_type != "l2" else None, "zero_terminal_snr": t.zero_terminal_snr or None,
         "network_dropout": n.dropout or None, "masked_loss": bool(c.data.alpha_mask or c.data.mask_dir) or None,
         "ema_decay": t.ema_decay, "exported_weights": "ema" if t.ema_decay else "trained",
-        "samples": getattr(recipe, "sample_records", None) or None, "session_id": uuid.uuid4().int % 2**31,
+        "samples": sample_records(recipe, recipe.state.global_step, recipe._adapter_file())
+        if c.sample.every_n_steps and c.sample.prompts else None, "session_id": uuid.uuid4().int % 2**31,
         "training_started_at": getattr(recipe, "started_at", None),
         "training_finished_at": getattr(recipe, "finished_at", None),
         "base_model_name": recipe.model_info.name,

@@ -35,6 +35,7 @@ from sd_lora.adapters.dropout import install_lora_dropout
 from sd_lora.train import checkpoint, loss as L, preflight, trackers
 from sd_lora.train.caches import setup_caches, validation_loss
 from sd_lora.train.ema import AdapterEMA, rounded_to
+from sd_lora.train.memory import encoders_for_sampling
 from sd_lora.train.noise import draw_training_noise
 from sd_lora.train.facts import training_facts
 from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
@@ -138,8 +139,7 @@ class LoRARecipe:
             pipe.scheduler.config, prediction_type=self.prediction_type,
             rescale_betas_zero_snr=t.zero_terminal_snr, timestep_spacing="trailing" if t.zero_terminal_snr else "leading")
         if t.zero_terminal_snr and self.prediction_type == "epsilon":
-            print("warning: train.zero_terminal_snr with an epsilon-prediction model: at the last timestep the input is "
-                  "pure noise, so epsilon is trivial and the model cannot learn the image there; use v-prediction")
+            print("warning: train.zero_terminal_snr on an epsilon-prediction model: it cannot learn the last step")
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if self.family == "sdxl" else [])
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.family == "sdxl" else [])
@@ -352,13 +352,13 @@ class LoRARecipe:
                               (self.cfg.data.max_token_length or 75) // 75)
 
     def _draw_noise(self, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Noise and timesteps of the *global* micro-batch (every process's share), from a generator seeded anew
-        each micro-step from the shared one; this process takes its slice. 2 processes x batch 1 thus see what
-        1 process x batch 2 sees, and ranks stay in step even when their buckets differ in size."""
+        """Noise and timesteps from the generator all processes share. With several processes each draws the
+        *global* micro-batch (every process's share) and takes its slice, so 2 processes x batch 1 see what
+        1 process x batch 2 sees; one process draws just its batch."""
         t, acc = self.cfg.train, self.accelerator
-        g = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
-        start, full = acc.process_index * t.batch_size, acc.num_processes * t.batch_size
-        return tuple(x[start:start + shape[0]] for x in draw_training_noise((full, *shape[1:]), g, t))
+        n, procs = shape[0], acc.num_processes
+        full, start = (procs * t.batch_size, acc.process_index * t.batch_size) if procs > 1 else (n, 0)
+        return tuple(x[start:start + n] for x in draw_training_noise((full, *shape[1:]), self.generator, t))
 
     def validation_loss(self) -> float | None:
         """Mean loss over the validation set with each image's fixed noise and timestep (comparable across steps)."""
@@ -442,11 +442,15 @@ class LoRARecipe:
 
         if not self.accelerator.is_main_process:
             return None
-        with self._as_saved():
-            path = render_samples(self.pipeline, self.cfg, self.family, self.state.global_step, self.out_dir / "samples")
+        with self._as_saved(), encoders_for_sampling(self):  # offloaded encoders back on the device meanwhile
+            path = render_samples(self, self.state.global_step, self.out_dir / "samples", self._adapter_file())
         if self.accelerator.log_with:
             trackers.log_grid(self.accelerator, path, self.state.global_step)
         return path
+
+    def _adapter_file(self) -> str:  # the adapter file holding this step's weights (the final one at the end)
+        o, step = self.cfg.output, self.state.global_step
+        return f"{o.name}.safetensors" if step >= self.max_steps and not self.stop_signal else f"{o.name}-step{step:06d}.safetensors"
 
     def _export(self, path: Path):
         from sd_lora.formats import community_metadata, save_adapter

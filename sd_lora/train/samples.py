@@ -2,30 +2,68 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-__all__ = ["render_samples"]
+__all__ = ["sample_guidance_rescale", "sample_records", "render_samples", "class_image_generator", "RECIPE_CHUNK"]
+
+from sd_lora.inference.recipes import RECIPE_CHUNK  # PNG text chunk: the record `generate --recipe IMAGE.png` reads
 
 
-def render_samples(pipeline, cfg, family: str, step: int, out_dir: Path) -> Path:
-    """Render every sample prompt (seed = sample.seed + index, identical at every save) into one grid PNG."""
-    from sd_lora.inference import GenerationRequest, generate_images, make_grid, set_scheduler
+def sample_guidance_rescale(cfg) -> float:
+    """sample.guidance_rescale, default 0.7 with zero-terminal SNR (Lin et al.'s value), else 0."""
+    if cfg.sample.guidance_rescale is not None:
+        return cfg.sample.guidance_rescale
+    return 0.7 if cfg.train.zero_terminal_snr else 0.0
+
+
+def sample_records(recipe, step: int, adapter_file: str) -> list[dict]:
+    """The full recipe of each configured sample at `step`, as rendered with the weights of `adapter_file`
+    (the adapter metadata's `sd_lora.samples`, and each sample PNG's record)."""
+    from sd_lora.inference.hashes import base_model_hash
+    from sd_lora.inference.schedulers import canonical_scheduler
+
+    cfg = recipe.cfg
+    s, t = cfg.sample, cfg.train
+    dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(recipe.unet.dtype, "fp32")
+    return [{"index": i, "prompt": p, "negative_prompt": s.negative_prompt, "seed": s.seed + i, "steps": s.steps,
+             "sampler": canonical_scheduler(s.scheduler), "guidance": s.guidance_scale,
+             "guidance_rescale": sample_guidance_rescale(cfg), "zero_terminal_snr": t.zero_terminal_snr,
+             "width": s.width or cfg.data.resolution, "height": s.height or cfg.data.resolution,
+             "clip_skip": t.clip_skip or 1, "scale": 1.0, "dtype": dtype, "family": recipe.family,
+             "base_model": recipe.model_info.name, "base_model_location": recipe.model_info.location,
+             "base_model_hash": base_model_hash(recipe.model_info.location), "adapter": adapter_file, "step": step}
+            for i, p in enumerate(s.prompts)]
+
+
+def render_samples(recipe, step: int, out_dir: Path, adapter_file: str) -> Path:
+    """Render every sample prompt (seed = sample.seed + index, identical at every save) into one grid PNG,
+    `out_dir/stepNNNNNN.png`, and each sample as `out_dir/step-NNNNNN/NN.png` with AUTOMATIC1111
+    `parameters` naming the base model hash, the adapter file and step, plus its JSON record."""
     from sd_lora.fileio import atomic_path
+    from sd_lora.inference import GenerationRequest, format_parameters, generate_images, make_grid, save_png, \
+        set_scheduler
 
-    s = cfg.sample
-    width, height = s.width or cfg.data.resolution, s.height or cfg.data.resolution
-    set_scheduler(pipeline, s.scheduler)
-    requests = [GenerationRequest(prompt=p, negative_prompt=s.negative_prompt, seed=s.seed + i, steps=s.steps,
-                                  guidance=s.guidance_scale, width=width, height=height)
-                for i, p in enumerate(s.prompts)]
+    pipeline, records = recipe.pipeline, sample_records(recipe, step, adapter_file)
+    set_scheduler(pipeline, recipe.cfg.sample.scheduler, recipe.cfg.train.zero_terminal_snr)
+    requests = [GenerationRequest(prompt=r["prompt"], negative_prompt=r["negative_prompt"], seed=r["seed"],
+                                  steps=r["steps"], guidance=r["guidance"], width=r["width"], height=r["height"],
+                                  clip_skip=r["clip_skip"], guidance_rescale=r["guidance_rescale"])
+                for r in records]
     was_training = [m.training for m in (pipeline.unet, pipeline.text_encoder)]
     pipeline.unet.eval()
     with torch.no_grad():
         images = generate_images(pipeline, requests, progress=False)
     for module, mode in zip((pipeline.unet, pipeline.text_encoder), was_training):
         module.train(mode)
+    folder = Path(out_dir) / f"step-{step:06d}"
+    for im, record in zip(images, records):
+        extra = {"Model hash": (record["base_model_hash"] or "")[:10], "Lora": adapter_file, "Lora step": str(step),
+                 "Lora scale": "1"}
+        save_png(folder / f"{record['index']:02d}.png", im.image, format_parameters(im, record["base_model"], extra),
+                 extra_text={RECIPE_CHUNK: json.dumps(record, sort_keys=True)})
     grid = make_grid([im.image for im in images], labels=[f"{r.prompt} (seed {r.seed})" for r in requests])
     path = Path(out_dir) / f"step{step:06d}.png"
     with atomic_path(path) as tmp:
