@@ -7,8 +7,10 @@ The sampler passes `(entry index, epoch)` pairs as dataset indices for that reas
 
 from __future__ import annotations
 
+import glob
 import logging
 import random
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -18,7 +20,7 @@ from PIL import ImageOps
 from sd_lora.config.data import DataConfig
 from sd_lora.data.buckets import Size, bucket_for, make_buckets
 from sd_lora.data.captions import process_caption, truncate_caption
-from sd_lora.data.images import BadImage, covering_size, crop_and_resize, load_rgb, to_tensor
+from sd_lora.data.images import BadImage, covering_size, crop_and_resize, load_mask, load_rgb, mask_tensor, to_tensor
 from sd_lora.data.layout import SubsetSpec
 from sd_lora.data.scan import ImageRecord, ScanReport, SubsetScan
 from sd_lora.data.validation import holdout_keys, stable_seed
@@ -69,6 +71,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.count_tokens, self.max_tokens = count_tokens, max_tokens
         self.latent_cache = None  # set by sd_lora.data.cache.cache_latents
         self.text_cache: dict[str, dict[str, torch.Tensor]] | None = None  # set by cache_text_outputs
+        self.mask_source: str | Path | None = None  # masked loss: "alpha" or the data.mask_dir folder
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -101,6 +104,20 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         im = crop_and_resize(im, view.resized, view.top, view.left, view.target)
         return to_tensor(ImageOps.mirror(im) if view.flip else im)
 
+    def mask(self, item: Item, view: View) -> torch.Tensor:
+        """The loss mask of a sample, cropped and flipped like its pixels (read from its file also when the
+        latents are cached, so cached latents keep their masks); all ones without a mask."""
+        im = None
+        if self.mask_source == "alpha":
+            im = load_mask(item.record.path, alpha=True)
+        else:
+            found = sorted(Path(self.mask_source).glob(f"{glob.escape(item.record.path.stem)}.*"))
+            im = load_mask(found[0], alpha=False) if found else None
+        if im is None:
+            return torch.ones(1, view.target[1], view.target[0])
+        im = crop_and_resize(im, view.resized, view.top, view.left, view.target)
+        return mask_tensor(ImageOps.mirror(im) if view.flip else im)
+
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         idx, epoch = index if isinstance(index, tuple) else (index, 0)
         item_index = self.entries[idx]
@@ -119,6 +136,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             sample["pixel_values"] = self.pixels(item, view)
         if self.text_cache is not None:
             sample["text_embeds"] = self.text_cache[caption]
+        if self.mask_source is not None:
+            sample["mask"] = self.mask(item, view)
         if not self.train:
             sample["noise_seed"] = stable_seed("noise", self.seed, item.key)
         return sample
@@ -158,6 +177,7 @@ def build_dataset(cfg: DataConfig, scan: ScanReport, split: Literal["train", "va
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
     if count_tokens is not None:
         _warn_long_captions(dataset, count_tokens, max_tokens)
+    dataset.mask_source = "alpha" if cfg.alpha_mask else cfg.mask_dir
     return dataset
 
 
@@ -187,7 +207,7 @@ def collate_samples(samples: list[dict]) -> dict:
     }
     for name in ("original_size", "crop_top_left", "target_size"):
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.long)
-    for name in ("pixel_values", "latents"):
+    for name in ("pixel_values", "latents", "mask"):
         if name in first:
             batch[name] = torch.stack([s[name] for s in samples])
     if "text_embeds" in first:

@@ -203,3 +203,20 @@ def covering_size(width: int, height: int, target: tuple[int, int]) -> tuple[int
     """Size (w, h) of the image scaled to just cover `target`, never below it by rounding."""
     s = max(target[0] / width, target[1] / height)
     return max(target[0], math.floor(width * s + 0.5)), max(target[1], math.floor(height * s + 0.5))
+
+
+def load_mask(path: Path, alpha: bool) -> Image.Image | None:
+    """A loss mask as a grayscale image (255 counts fully, 0 not at all): the image's own alpha channel
+    (`alpha`; None when it has none) or a mask file, EXIF-rotated like the images."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if alpha:
+            if "A" not in im.getbands() and not (im.mode == "P" and "transparency" in im.info):
+                return None
+            return im.convert("RGBA").getchannel("A")
+        return im.convert("L")
+
+
+def mask_tensor(im: Image.Image) -> torch.Tensor:
+    """[1, H, W] float in [0, 1]."""
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)[None]
