@@ -6,6 +6,7 @@ A subset field left unset (None) inherits the value of the same key in `[data]`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from sd_lora.config.fields import finite_first
 from sd_lora.config.fields import option as _f
@@ -66,7 +67,7 @@ def _check_caption_keys(cfg, where: str) -> list[str]:
     ext = cfg.caption_extension
     if ext is not None and not (ext.startswith(".") and len(ext) > 1):
         problems.append(f"{where}.caption_extension: must start with a dot, e.g. '.txt', got {ext!r}")
-    if cfg.random_crop and getattr(cfg, "cache_latents", False):
+    if cfg.random_crop and getattr(cfg, "cache_latents", False) is True:
         problems.append(f"{where}.random_crop: a cached latent fixes the crop, so random_crop cannot be combined "
                         "with cache_latents; turn one of them off")
     return problems
@@ -99,11 +100,21 @@ class DataConfig:
     max_bucket_reso: int = _f(1024, "Largest bucket side in pixels.")
     bucket_reso_steps: int = _f(64, "Bucket sides are multiples of this many pixels.")
     bucket_no_upscale: bool = _f(False, "Buckets never exceed an image's own size (small images are not enlarged).")
-    cache_latents: bool = _f(False, "Encode every image with the VAE once before training and keep the latents.")
+    cache_latents: bool | Literal["auto"] = _f(
+        "auto", "Encode every image with the VAE once before training and keep the latents. 'auto': on unless a "
+        "subset uses random_crop (flips are cached in both orientations) or the run is shorter than one pass of "
+        "encoding; the plan says what it chose and why.")
     cache_latents_to_disk: bool = _f(False, "Also store cached latents as safetensors beside the images and reuse "
                                              "them in later runs.")
-    cache_text_encoder_outputs: bool = _f(False, "Encode each caption once (only when the text encoder is frozen and "
-                                                 "captions are not shuffled or dropped).")
+    cache_text_encoder_outputs: bool | Literal["auto"] = _f(
+        "auto", "Encode each caption once. Only when the text encoders are frozen and captions are not shuffled or "
+        "dropped (otherwise the plan says why not); 'auto' also skips it for a run shorter than one pass.")
+    cache_text_encoder_outputs_to_disk: bool = _f(
+        False, "Store cached text-encoder outputs as safetensors in each image folder's .sd_lora_cache/text/, keyed "
+        "by caption, encoder weights, clip skip and token length, and reuse them in later runs.")
+    cache_memory_gb: float | None = _f(
+        None, "Most memory (GiB) the in-memory caches may take; past it latents, then text outputs, go to the disk "
+              "cache and stream from it. Default: half of the memory available at start.")
     max_token_length: int | None = _f(None, "Caption tokens per image: 75, 150 or 225. Longer captions are split into "
                                             "75-token windows, each encoded with BOS/EOS, and concatenated (as "
                                             "AUTOMATIC1111 and kohya do); default: one window (cut at 75).")
@@ -131,7 +142,7 @@ class DataConfig:
         problems = self._check_sizes() + _check_caption_keys(self, "data")
         for i, subset in enumerate(self.subsets):
             problems += subset.check(f"data.subsets[{i}]")
-            if subset.random_crop and self.cache_latents:
+            if subset.random_crop and self.cache_latents is True:
                 problems.append(f"data.subsets[{i}].random_crop: a cached latent fixes the crop, so random_crop "
                                 "cannot be combined with data.cache_latents; turn one of them off")
         if not 0.0 <= self.validation_split < 1.0:
@@ -155,8 +166,12 @@ class DataConfig:
 
             problems += [p.replace("sample.scheduler", "data.class_image_scheduler")
                          for p in _check_scheduler(self.class_image_scheduler)]
-        if self.cache_latents_to_disk and not self.cache_latents:
-            problems.append("data.cache_latents_to_disk: needs cache_latents = true")
+        if self.cache_latents_to_disk and self.cache_latents is False:
+            problems.append("data.cache_latents_to_disk: needs cache_latents = true or 'auto'")
+        if self.cache_text_encoder_outputs_to_disk and self.cache_text_encoder_outputs is False:
+            problems.append("data.cache_text_encoder_outputs_to_disk: needs cache_text_encoder_outputs = true or 'auto'")
+        if self.cache_memory_gb is not None and self.cache_memory_gb < 0:
+            problems.append(f"data.cache_memory_gb: must not be negative, got {self.cache_memory_gb}")
         return finite_first(self, "data", problems)
 
     def _check_sizes(self) -> list[str]:

@@ -4,6 +4,13 @@ Latents are cached for the centre crop of each image, in both orientations when 
 cached sample is exactly what encoding its pixels would give. On disk each image gets
 `<image folder>/.sd_lora_cache/<image file name>.<w>x<h>.safetensors`; its metadata key covers the image
 content (SHA-256), the geometry and the encoder, so changing any of them re-encodes only that image.
+
+Text-encoder outputs on disk are content-addressed: `<image folder>/.sd_lora_cache/text/<key>.safetensors`,
+the key a SHA-256 of the caption and every setting that changes its encoding (`text_cache_key`), so runs
+that share a caption, encoder and settings share the file and any change simply misses.
+
+`choose_caches` is the one place that decides, for `"auto"`, whether a cache can be on without changing
+the result; `memory_budget` is how much the in-memory caches may take before they go to disk.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +32,11 @@ from safetensors.torch import load_file, save_file
 
 from sd_lora.data.dataset import ImageCaptionDataset, Item, View
 from sd_lora.errors import SdLoraError
-from sd_lora.fileio import atomic_path
+from sd_lora.fileio import give_umask_modes
 
-__all__ = ["CACHE_DIRNAME", "CacheStats", "LatentStore", "cache_latents", "latent_cache_path",
-           "text_cache_blocker", "cache_text_outputs"]
+__all__ = ["CACHE_DIRNAME", "CacheStats", "CacheChoice", "LatentStore", "TextStore", "cache_latents",
+           "latent_cache_path", "latent_cache_bytes", "text_cache_blocker", "cache_text_outputs", "text_cache_key",
+           "choose_caches", "memory_budget", "module_fingerprint"]
 
 log = logging.getLogger("sd_lora.data")
 CACHE_DIRNAME = ".sd_lora_cache"
@@ -35,8 +45,104 @@ _FORMAT_VERSION = "1"
 
 @dataclass
 class CacheStats:
-    encoded: int = 0  # images sent to the encoder
-    reused: int = 0  # images whose cache file was still valid
+    encoded: int = 0  # images (or captions) sent to the encoder
+    reused: int = 0  # images (or captions) whose cache file was still valid
+    to_disk: bool = False
+    nbytes: int = 0  # what the cache holds in memory (0 when it streams from disk)
+
+
+@dataclass
+class CacheChoice:
+    """What `choose_caches` decided, and why (the plan prints both)."""
+
+    latents: bool
+    latents_reason: str
+    text: bool
+    text_reason: str
+
+
+def _random_crop_where(dataset) -> str | None:
+    return next((it.spec.where for it in dataset.items if it.spec.random_crop), None)
+
+
+def choose_caches(cfg, dataset: ImageCaptionDataset, train_text_encoder: bool,
+                  samples_seen: int | None = None) -> CacheChoice:
+    """Latent / text cache on or off for `cfg.cache_latents` / `cfg.cache_text_encoder_outputs` (true, false or
+    "auto"). Auto turns a cache on only when it cannot change the result (latents: no random crop; flips are
+    cached in both orientations. Text: encoders frozen, captions not randomised) and, given `samples_seen`
+    (the samples the run trains on), only when encoding everything once is not more work than the run does
+    without it. `true` with a random crop is an error; `true` with a text blocker is reported, not an error."""
+    latents, latents_reason = False, "data.cache_latents = false"
+    setting = cfg.cache_latents
+    crop = _random_crop_where(dataset)
+    encodes = sum(2 if it.spec.flip_aug else 1 for it in dataset.items)
+    if setting is True:
+        if crop:
+            raise SdLoraError(f"{crop}: random_crop cannot be combined with cache_latents (a cached latent fixes the "
+                              "crop); turn one of them off")
+        latents, latents_reason = True, "data.cache_latents = true"
+    elif setting == "auto":
+        if crop:
+            latents_reason = f"auto: off, {crop}: random_crop picks a new crop every step"
+        elif samples_seen is not None and encodes > samples_seen:
+            latents_reason = (f"auto: off, the run trains on {samples_seen} samples and caching would encode "
+                              f"{encodes} images first")
+        else:
+            latents, latents_reason = True, "auto: on, no random crop"
+    text, text_reason = False, "data.cache_text_encoder_outputs = false"
+    setting = cfg.cache_text_encoder_outputs
+    if setting is not False:
+        blocker = text_cache_blocker(dataset, train_text_encoder)
+        captions = len({dataset.caption(item, None) for item in dataset.items}) if blocker is None else 0
+        if blocker:
+            text_reason = ("auto: off, " if setting == "auto" else "") + blocker
+        elif setting == "auto" and samples_seen is not None and captions > samples_seen:
+            text_reason = (f"auto: off, the run trains on {samples_seen} samples and caching would encode "
+                           f"{captions} captions first")
+        else:
+            text = True
+            text_reason = "auto: on, text encoders frozen and captions fixed" if setting == "auto" else \
+                "data.cache_text_encoder_outputs = true"
+    return CacheChoice(latents, latents_reason, text, text_reason)
+
+
+def memory_budget(cache_memory_gb: float | None) -> int:
+    """Bytes the in-memory caches may hold: `data.cache_memory_gb`, or half of the memory available now."""
+    if cache_memory_gb is not None:
+        return int(cache_memory_gb * 2**30)
+    available = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 8 * 2**30
+    return available // 2
+
+
+def latent_cache_bytes(dataset: ImageCaptionDataset, channels: int, downscale: int, dtype: torch.dtype) -> int:
+    """Bytes the latent cache of `dataset` takes in memory (both orientations where flip_aug is on)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return sum((2 if it.spec.flip_aug else 1) * channels * (it.bucket[0] // downscale) * (it.bucket[1] // downscale)
+               for it in dataset.items) * itemsize
+
+
+def module_fingerprint(*modules: torch.nn.Module) -> str:
+    """A short hash of the small tensors (norms, biases, embeddings up to 64 k values) of `modules`, with every
+    tensor's name, shape and dtype: two different weight sets at the same path get different cache keys."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            if tensor.numel() <= 1 << 16 and tensor.dtype.is_floating_point:
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class LatentStore:
@@ -45,6 +151,10 @@ class LatentStore:
     def __init__(self, memory: dict[int, dict[str, torch.Tensor]] | None = None,
                  files: dict[int, Path] | None = None):
         self.memory, self.files = memory or {}, files or {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for entry in self.memory.values() for t in entry.values())
 
     def get(self, item_index: int, flip: bool) -> torch.Tensor:
         name = "latents_flipped" if flip else "latents"
@@ -59,15 +169,17 @@ def latent_cache_path(item: Item) -> Path:
 
 
 def cache_latents(dataset: ImageCaptionDataset, encode_latents: Callable[[torch.Tensor], torch.Tensor], *,
-                  to_disk: bool = False, batch_size: int = 8, encoder_id: str = "") -> CacheStats:
+                  to_disk: bool = False, batch_size: int = 8, encoder_id: str = "",
+                  dtype: torch.dtype | None = None) -> CacheStats:
     """Encode every image once (pixels [B, 3, H, W] in [-1, 1] -> latents [B, C, h, w]) and make `dataset`
     return `latents` instead of `pixel_values`. `encoder_id` names the VAE (e.g. model path and dtype) so a
-    different VAE never reuses another's latents."""
+    different VAE never reuses another's latents. The memory cache holds `dtype` (the dtype the UNet reads,
+    so nothing is lost); files on disk keep the encoder's dtype and are read one sample at a time."""
     random_crop = [it.spec.where for it in dataset.items if it.spec.random_crop]
     if random_crop:
         raise SdLoraError(f"{random_crop[0]}: random_crop cannot be combined with cache_latents (a cached latent "
                           "fixes the crop); turn one of them off")
-    stats, memory, files = CacheStats(), {}, {}
+    stats, memory, files = CacheStats(to_disk=to_disk), {}, {}
     pending: dict[tuple[int, int], list[tuple[int, View, str]]] = defaultdict(list)
     for index, item in enumerate(dataset.items):
         view = dataset.view(item, None)
@@ -85,8 +197,9 @@ def cache_latents(dataset: ImageCaptionDataset, encode_latents: Callable[[torch.
                 if to_disk:
                     files[index] = _write(latent_cache_path(dataset.items[index]), tensors, key)
                 else:
-                    memory[index] = tensors
+                    memory[index] = {k: v.to(dtype) for k, v in tensors.items()} if dtype else tensors
     dataset.latent_cache = LatentStore(memory, files)
+    stats.nbytes = dataset.latent_cache.nbytes
     log.info("latent cache: %d image(s) encoded, %d reused from disk", stats.encoded, stats.reused)
     return stats
 
@@ -105,24 +218,90 @@ def text_cache_blocker(dataset: ImageCaptionDataset, train_text_encoder: bool) -
     return None
 
 
+class TextStore:
+    """Caption -> text-encoder outputs (a dict of tensors), held in memory or read from its file on access."""
+
+    def __init__(self, memory: dict[str, dict[str, torch.Tensor]] | None = None,
+                 files: dict[str, Path] | None = None):
+        self.memory, self.files = memory or {}, files or {}
+
+    def __getitem__(self, caption: str) -> dict[str, torch.Tensor]:
+        if caption in self.memory:
+            return self.memory[caption]
+        return load_file(self.files[caption])
+
+    def __len__(self) -> int:
+        return len(self.memory) + len(self.files)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for entry in self.memory.values() for t in entry.values())
+
+
+def text_cache_key(caption: str, settings: dict) -> str:
+    """The content key of one caption's encoding: the caption and every setting that changes its encoding
+    (`settings`: encoder fingerprint, family, clip skip, token length, dtype...; new options add entries)."""
+    payload = json.dumps({"version": _FORMAT_VERSION, "caption": caption, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def text_cache_path(folder: Path, key: str) -> Path:
+    return folder / CACHE_DIRNAME / "text" / f"{key[:40]}.safetensors"
+
+
 def cache_text_outputs(dataset: ImageCaptionDataset, encode_text: Callable[[list[str]], Any],
-                       batch_size: int = 32) -> int:
+                       batch_size: int = 32, *, to_disk: bool = False, settings: dict | None = None,
+                       memory_budget: int | None = None) -> CacheStats:
     """Encode each distinct caption once; the dataset then returns `text_embeds` (a dict of tensors) per sample.
 
     `encode_text(captions)` may return a tensor, a dict of tensors, or a dataclass of tensors (fields that are
-    None are dropped), each with the batch as first dimension. Returns the number of captions encoded.
+    None are dropped), each with the batch as first dimension. With `to_disk` (or when the cache would pass
+    `memory_budget` bytes) outputs go to content-keyed files (`text_cache_key` of the caption and `settings`),
+    reused by any later run with the same key, and are read one sample at a time.
     """
     dataset.text_cache = None
-    captions = sorted({dataset.caption(item, None) for item in dataset.items})
-    cache: dict[str, dict[str, torch.Tensor]] = {}
-    for start in range(0, len(captions), batch_size):
-        chunk = captions[start:start + batch_size]
+    settings = settings or {}
+    folders: dict[str, Path] = {}
+    for item in dataset.items:  # the folder of the first image with each caption holds its file
+        folders.setdefault(dataset.caption(item, None), item.record.path.parent)
+    captions = sorted(folders)
+    stats, memory, files = CacheStats(to_disk=to_disk), {}, {}
+
+    def encoded(chunk: list[str]) -> list[dict[str, torch.Tensor]]:
         with torch.no_grad():
             outputs = _as_tensor_dict(encode_text(chunk))
-        for i, caption in enumerate(chunk):
-            cache[caption] = {name: t[i].detach().cpu().clone() for name, t in outputs.items()}
-    dataset.text_cache = cache
-    return len(captions)
+        stats.encoded += len(chunk)
+        return [{name: t[i].detach().cpu().clone() for name, t in outputs.items()} for i in range(len(chunk))]
+
+    pending = captions
+    if not to_disk and memory_budget is not None and captions:
+        first = encoded(captions[:1])[0]
+        per = sum(t.numel() * t.element_size() for t in first.values())
+        if per * len(captions) > memory_budget:
+            to_disk = stats.to_disk = True
+        else:
+            memory[captions[0]], pending = first, captions[1:]
+    keys = {c: text_cache_key(c, settings) for c in pending} if to_disk else {}
+    if to_disk:
+        todo = []
+        for caption in pending:
+            path = text_cache_path(folders[caption], keys[caption])
+            if _stored_key(path) == keys[caption]:
+                files[caption] = path
+                stats.reused += 1
+            else:
+                todo.append(caption)
+        pending = todo
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start:start + batch_size]
+        for caption, tensors in zip(chunk, encoded(chunk)):
+            if to_disk:
+                files[caption] = _write(text_cache_path(folders[caption], keys[caption]), tensors, keys[caption])
+            else:
+                memory[caption] = tensors
+    dataset.text_cache = TextStore(memory, files)
+    stats.nbytes = dataset.text_cache.nbytes
+    return stats
 
 
 def _encode(dataset: ImageCaptionDataset, chunk: list[tuple[int, View, str]],
@@ -163,8 +342,18 @@ def _stored_key(path: Path) -> str | None:
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], key: str) -> Path:
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"sd_lora_cache_key": key})
+    """Write a cache file through a temporary name and one rename, without fsync (a cache file lost in a power
+    cut is unreadable or missing next time and simply rebuilt; 20,000 fsyncs would cost minutes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"sd_lora_cache_key": key})
+        give_umask_modes(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -12,12 +12,20 @@ from pathlib import Path
 
 from sd_lora.config.data import DataConfig
 from sd_lora.data.buckets import Size
-from sd_lora.data.cache import CACHE_DIRNAME, text_cache_blocker
+from sd_lora.data.cache import CACHE_DIRNAME, choose_caches
 from sd_lora.data.dataset import build_dataset, has_validation
 from sd_lora.data.loader import count_batches
 from sd_lora.data.scan import ImageRecord, ScanReport, SubsetScan
 
-__all__ = ["SubsetPlan", "TrainingPlan", "make_plan", "format_plan"]
+__all__ = ["SubsetPlan", "TrainingPlan", "make_plan", "format_plan", "samples_seen"]
+
+
+def samples_seen(samples_per_epoch: int, batch_size: int, gradient_accumulation_steps: int = 1,
+                 num_processes: int = 1, max_steps: int | None = None, max_epochs: int | None = None) -> int:
+    """Samples one process trains on in the whole run (what an 'auto' cache weighs its one-off encoding against)."""
+    if max_epochs:
+        return max_epochs * math.ceil(samples_per_epoch / num_processes)
+    return (max_steps or 0) * batch_size * gradient_accumulation_steps
 
 
 @dataclass
@@ -85,7 +93,8 @@ def make_plan(cfg: DataConfig, scan: ScanReport, *, batch_size: int, gradient_ac
         batches_per_epoch=batches, steps_per_epoch=batches / gradient_accumulation_steps, max_steps=steps,
         epochs=epochs, buckets=dict(Counter(it.bucket for it in ds.items)), validation_images=validation,
         skipped_files=len(scan.skipped), prior_loss_weight=cfg.prior_loss_weight,
-        cached=_cache_lines(cfg, ds, train_text_encoder))
+        cached=_cache_lines(cfg, ds, train_text_encoder, samples_seen(
+            len(ds), batch_size, gradient_accumulation_steps, num_processes, max_steps, max_epochs)))
 
 
 def format_plan(plan: TrainingPlan) -> str:
@@ -123,14 +132,21 @@ def _with_pending_class_images(scan: ScanReport, resolution: int) -> ScanReport:
     return replace(scan, subsets=subsets)
 
 
-def _cache_lines(cfg: DataConfig, ds, train_text_encoder: bool) -> list[str]:
+def _cache_lines(cfg: DataConfig, ds, train_text_encoder: bool, seen: int) -> list[str]:
+    choice = choose_caches(cfg, ds, train_text_encoder, seen)
+    budget = f"{cfg.cache_memory_gb:g} GiB" if cfg.cache_memory_gb is not None else "half the free memory"
     lines = []
-    if cfg.cache_latents:
-        where = f"on disk in each image folder's {CACHE_DIRNAME}/" if cfg.cache_latents_to_disk else "in memory"
+    if choice.latents:
+        where = f"on disk in each image folder's {CACHE_DIRNAME}/" if cfg.cache_latents_to_disk else \
+            f"in memory (on disk past data.cache_memory_gb = {budget})"
         flip = " (both orientations)" if any(it.spec.flip_aug for it in ds.items) else ""
-        lines.append(f"VAE latents {where}{flip}")
-    if cfg.cache_text_encoder_outputs:
-        reason = text_cache_blocker(ds, train_text_encoder)
-        lines.append("text-encoder outputs in memory" if reason is None
-                     else f"text-encoder outputs NOT cached: {reason}")
+        where = where.replace(" (on disk", f"{flip} (on disk", 1) if flip and "(on disk" in where else where + flip
+        lines.append(f"VAE latents {where} [{choice.latents_reason}]")
+    else:
+        lines.append(f"VAE latents NOT cached [{choice.latents_reason}]")
+    if choice.text:
+        where = f"on disk in {CACHE_DIRNAME}/text/" if cfg.cache_text_encoder_outputs_to_disk else "in memory"
+        lines.append(f"text-encoder outputs {where} [{choice.text_reason}]")
+    else:
+        lines.append(f"text-encoder outputs NOT cached: {choice.text_reason}")
     return lines

@@ -7,34 +7,70 @@ import torch
 
 from sd_lora.models.encode import encode_latents
 
-__all__ = ["setup_caches", "latent_shape", "validation_loss"]
+__all__ = ["setup_caches", "text_cache_settings", "latent_shape", "validation_loss"]
 
 
 def setup_caches(recipe, dataset) -> None:
-    """Latents and text-encoder outputs computed once; with both cached, VAE and text encoders leave the GPU.
-    The text cache lives in memory for this run and is encoded with its clip skip and caption windows."""
-    from sd_lora.data import cache_latents, cache_text_outputs, text_cache_blocker
+    """Latents and text-encoder outputs computed once, when `choose_caches` says so (the plan printed the same
+    decision), held in memory in the dtype the UNet reads, or on disk past the memory budget; then the VAE and
+    text encoders are freed or moved off the GPU when nothing needs them any more (sd_lora.train.memory)."""
+    from sd_lora.data.cache import (cache_latents, cache_text_outputs, choose_caches, latent_cache_bytes,
+                                    memory_budget, module_fingerprint)
+    from sd_lora.data.plan import samples_seen
+    from sd_lora.train.memory import release_encoders
 
-    d, device = recipe.cfg.data, recipe.accelerator.device
-    latents_cached = texts_cached = False
-    if d.cache_latents:
-        encoder_id = f"{recipe.model_info.location}:{recipe.vae.dtype}"
-        stats = cache_latents(dataset, lambda px: encode_latents(recipe.vae, px.to(device)),
-                              to_disk=d.cache_latents_to_disk, encoder_id=encoder_id)
-        print(f"latent cache: {stats.encoded} image(s) encoded, {stats.reused} reused from the disk cache")
+    d, t, device = recipe.cfg.data, recipe.cfg.train, recipe.accelerator.device
+    seen = samples_seen(len(dataset), t.batch_size, t.gradient_accumulation_steps, recipe.accelerator.num_processes,
+                        t.max_steps, t.max_epochs)
+    choice = choose_caches(d, dataset, recipe.cfg.network.train_text_encoder, seen)
+    budget = memory_budget(d.cache_memory_gb)
+    recipe.cache_choice, latents_cached, texts_cached = choice, False, False
+    if choice.latents:
+        vae = recipe.vae
+        dtype = _unet_dtype(recipe)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        size = latent_cache_bytes(dataset, vae.config.latent_channels, factor, dtype)
+        to_disk = d.cache_latents_to_disk or size > budget
+        encoder_id = f"{recipe.model_info.location}:{vae.dtype}:{module_fingerprint(vae)}"
+        stats = cache_latents(dataset, lambda px: encode_latents(vae, px.to(device)), to_disk=to_disk,
+                              encoder_id=encoder_id, dtype=dtype)
+        budget -= stats.nbytes
+        where = "streamed from disk" + ("" if d.cache_latents_to_disk else
+                                        f" ({size / 2**30:.2f} GiB > budget {(budget + stats.nbytes) / 2**30:.2f} GiB)") \
+            if to_disk else f"in memory, {stats.nbytes / 2**20:.1f} MiB {str(dtype).replace('torch.', '')}"
+        print(f"latent cache: {stats.encoded} image(s) encoded, {stats.reused} reused from the disk cache; {where}")
         latents_cached = True
-    if d.cache_text_encoder_outputs:
-        blocker = text_cache_blocker(dataset, recipe.cfg.network.train_text_encoder)
-        if blocker:
-            print(f"text-encoder outputs are not cached: {blocker}")
-        else:
-            with torch.no_grad():
-                n = cache_text_outputs(dataset, lambda caps: recipe.encode_text(caps, recipe.text_encoders))
-            print(f"text-encoder outputs cached for {n} distinct captions")
-            texts_cached = True
-    if latents_cached and texts_cached and device.type != "cpu":
-        for model in (recipe.vae, *recipe.text_encoders):
-            model.to("cpu")
+    elif d.cache_latents == "auto":
+        print(f"latent cache: off ({choice.latents_reason})")
+    if choice.text:
+        with torch.no_grad(), recipe.accelerator.autocast():  # exactly as the uncached step encodes
+            stats = cache_text_outputs(dataset, lambda caps: recipe.encode_text(caps, recipe.text_encoders),
+                                       to_disk=d.cache_text_encoder_outputs_to_disk, settings=text_cache_settings(recipe),
+                                       memory_budget=max(budget, 0))
+        where = "streamed from disk" if stats.to_disk else f"in memory, {stats.nbytes / 2**20:.1f} MiB"
+        print(f"text-encoder outputs cached for {stats.encoded + stats.reused} distinct captions "
+              f"({stats.encoded} encoded, {stats.reused} reused from the disk cache; {where})")
+        texts_cached = True
+    elif d.cache_text_encoder_outputs is not False:
+        print(f"text-encoder outputs are not cached: {choice.text_reason}")
+    release_encoders(recipe, latents_cached, texts_cached)
+
+
+def _unet_dtype(recipe) -> torch.dtype:
+    dtype = recipe.unet.dtype
+    return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
+
+
+def text_cache_settings(recipe) -> dict:
+    """Everything besides the caption that changes a text-encoder output, for the disk cache's key. A new
+    option that changes how captions are encoded adds its entry here."""
+    from sd_lora.data.cache import module_fingerprint
+
+    t, d = recipe.cfg.train, recipe.cfg.data
+    return {"model": recipe.model_info.location, "family": recipe.family,
+            "encoders": module_fingerprint(*recipe.text_encoders),
+            "dtype": str(next(recipe.text_encoders[0].parameters()).dtype), "mixed_precision": t.mixed_precision,
+            "clip_skip": t.clip_skip or 1, "max_token_length": d.max_token_length or 75}
 
 
 def latent_shape(recipe, batch: dict) -> tuple[int, ...]:

@@ -122,7 +122,7 @@ def test_text_cache_decision_and_contents(tmp_path, noise_image, data_cfg):
         codes = torch.tensor([[float(len(c)), float(sum(map(ord, c)))] for c in captions])
         return Embeds(codes[:, None, :].repeat(1, 3, 1), None)
 
-    assert cache_text_outputs(ds, encode_text, batch_size=3) == 4
+    assert cache_text_outputs(ds, encode_text, batch_size=3).encoded == 4
     assert sorted(seen) == sorted(f"sks, image {i}" for i in range(4))
     batch = next(iter(build_dataloader(ds, batch_size=1, seed=0)))
     assert set(batch["text_embeds"]) == {"hidden_states"}

@@ -14,7 +14,9 @@ def _losses(cfg):
 
 
 def test_caches_give_the_same_loss_sequence(tiny_sd1_dir, tiny_dataset, tmp_path):
-    plain = _losses(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "a"))
+    plain = _losses(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "a",  # caches are on by default ("auto")
+                                data={"cache_latents": False, "cache_text_encoder_outputs": False}))
+    assert "pixel_values" in next(iter(plain.dataloader))
     cached = _losses(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "b",
                                  data={"cache_latents": True, "cache_text_encoder_outputs": True}))
     assert cached.losses == pytest.approx(plain.losses, rel=1e-5, abs=1e-6)

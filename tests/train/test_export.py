@@ -18,6 +18,7 @@ def _image(pipe):
 
 def _trained_image(cfg):
     """Train, then render with the in-memory adapted model (fresh recipe objects are discarded)."""
+    from sd_lora.train.memory import restore_encoders
     from sd_lora.train.recipe import LoRARecipe
 
     recipe = LoRARecipe(cfg)
@@ -25,6 +26,7 @@ def _trained_image(cfg):
     recipe.train()
     result = recipe.save()
     recipe.unet.eval()
+    restore_encoders(recipe)  # with every latent cached the VAE was freed for training; reload it to render
     return result, _image(recipe.pipeline)
 
 
