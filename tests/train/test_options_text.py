@@ -91,8 +91,9 @@ def test_training_run_with_clip_skip_and_long_captions_records_both(tiny_sd1_dir
     recipe = LoRARecipe(cfg)
     try:
         recipe.setup()
-        cache = recipe.dataloader.dataset.text_cache
-        embeds = {c: v["hidden_states"] for c, v in cache.items()}
+        dataset = recipe.dataloader.dataset
+        assert dataset.text_cache is not None
+        embeds = {s["caption"]: s["text_embeds"]["hidden_states"] for s in (dataset[(i, 0)] for i in range(2))}
         recipe.train()
         result = recipe.save()
     finally:
