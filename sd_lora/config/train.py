@@ -67,6 +67,16 @@ class TrainConfig:
         False, "With train.resume = a state folder: resume although the state was saved by a run with another dataset, "
         "seed, learning setup or base model (the network's shape must still match).")
     log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.")
+    compile: bool = _f(False, "torch.compile the UNet (with its adapters). Compiling takes minutes; on a GPU the steps "
+                              "get faster, on the CPU they were slower (docs/benchmarks.md).")
+    channels_last: bool = _f(False, "Keep the UNet's convolution weights and inputs in channels-last memory layout "
+                                    "(faster convolutions on recent GPUs with fp16/bf16).")
+    adamw_impl: Literal["auto", "fused", "foreach", "for_loop"] = _f(
+        "auto", "torch AdamW kernel: fused (one kernel for all tensors; 'auto' picks it where torch has it, CPU and "
+        "CUDA), foreach, or the plain per-tensor loop.")
+    cpu_allocator_tuning: bool = _f(
+        True, "CPU runs on Linux: keep freed activation memory in the process (glibc mmap/trim thresholds) instead "
+        "of returning it to the OS and faulting it back every step. No effect on GPUs.")
 
     def validate(self) -> list[str]:
         problems = []
