@@ -137,6 +137,10 @@ class DataConfig:
     validation_every_n_steps: int = _f(0, "Compute the validation loss every N optimiser steps (0: at the end only).")
     num_workers: int = _f(0, "Data-loading worker processes (0: load in the training process). "
                              "Results do not depend on it.")
+    pin_memory: bool | Literal["auto"] = _f("auto", "Page-locked batches for faster host-to-GPU copies ('auto': on when "
+                                                    "training on CUDA).")
+    prefetch_factor: int | None = _f(None, "Batches each data-loading worker prepares ahead (needs num_workers > 0; "
+                                           "default: torch's 2).")
 
     def validate(self) -> list[str]:
         problems = self._check_sizes() + _check_caption_keys(self, "data")
@@ -155,6 +159,9 @@ class DataConfig:
             minimum = 1 if name == "num_repeats" else 0
             if getattr(self, name) < minimum:
                 problems.append(f"data.{name}: must be at least {minimum}, got {getattr(self, name)}")
+        if self.prefetch_factor is not None and (self.prefetch_factor < 1 or self.num_workers == 0):
+            problems.append(f"data.prefetch_factor: needs num_workers > 0 and a value of at least 1, got "
+                            f"{self.prefetch_factor} with num_workers = {self.num_workers}")
         if self.max_token_length is not None and self.max_token_length not in (75, 150, 225):
             problems.append(f"data.max_token_length: must be 75, 150 or 225, got {self.max_token_length}")
         if self.alpha_mask and self.mask_dir:

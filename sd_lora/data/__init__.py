@@ -13,13 +13,13 @@ Training-loop order::
 
 from sd_lora.data.cache import cache_latents, cache_text_outputs, text_cache_blocker
 from sd_lora.data.dataset import ImageCaptionDataset, build_dataset, collate_samples, has_validation
-from sd_lora.data.loader import BucketBatchSampler, build_dataloader
+from sd_lora.data.loader import BucketBatchSampler, build_dataloader, loader_options
 from sd_lora.data.plan import TrainingPlan, format_plan, make_plan
 from sd_lora.data.prior import class_images_needed, prepare_class_images
 from sd_lora.data.scan import ScanReport, scan_dataset
 from sd_lora.data.validation import validation_noise
 
-__all__ = ["scan_dataset", "ScanReport", "build_dataset", "build_dataloader", "has_validation",
+__all__ = ["scan_dataset", "ScanReport", "build_dataset", "build_dataloader", "loader_options", "has_validation",
            "ImageCaptionDataset", "BucketBatchSampler", "collate_samples",
            "cache_latents", "cache_text_outputs", "text_cache_blocker",
            "make_plan", "format_plan", "TrainingPlan",

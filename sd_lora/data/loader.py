@@ -11,7 +11,7 @@ import torch
 from sd_lora.data.buckets import Size
 from sd_lora.data.dataset import ImageCaptionDataset, collate_samples
 
-__all__ = ["BucketBatchSampler", "BucketDataLoader", "build_dataloader", "count_batches"]
+__all__ = ["BucketBatchSampler", "BucketDataLoader", "build_dataloader", "count_batches", "loader_options"]
 
 
 def count_batches(bucket_sizes: list[int], batch_size: int, num_processes: int = 1) -> int:
@@ -80,11 +80,21 @@ class BucketDataLoader(torch.utils.data.DataLoader):
         self.batch_sampler.set_epoch(epoch)
 
 
+def loader_options(cfg, device) -> dict:
+    """build_dataloader's pin_memory / prefetch_factor from data.pin_memory ('auto': on for CUDA) and
+    data.prefetch_factor."""
+    pin = cfg.pin_memory if cfg.pin_memory != "auto" else torch.device(device).type == "cuda"
+    return {"pin_memory": bool(pin), "prefetch_factor": cfg.prefetch_factor}
+
+
 def build_dataloader(dataset: ImageCaptionDataset, batch_size: int, seed: int, num_workers: int = 0,
-                     num_processes: int = 1, process_index: int = 0, shuffle: bool | None = None) -> BucketDataLoader:
-    """Bucketed, sharded batches. `shuffle` defaults to True for a training set, False for validation."""
+                     num_processes: int = 1, process_index: int = 0, shuffle: bool | None = None,
+                     pin_memory: bool = False, prefetch_factor: int | None = None) -> BucketDataLoader:
+    """Bucketed, sharded batches. `shuffle` defaults to True for a training set, False for validation.
+    `pin_memory` page-locks batches (faster copies to a GPU); `prefetch_factor` batches per worker ahead."""
     sampler = BucketBatchSampler(dataset.entry_buckets(), batch_size, seed,
                                  shuffle=dataset.train if shuffle is None else shuffle,
                                  num_processes=num_processes, process_index=process_index)
+    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
     return BucketDataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
-                            persistent_workers=num_workers > 0)
+                            persistent_workers=num_workers > 0, pin_memory=pin_memory, **extra)

@@ -43,9 +43,10 @@ def setup_caches(recipe, dataset) -> None:
     elif d.cache_latents == "auto":
         print(f"latent cache: off ({choice.latents_reason})")
     if choice.text:
+        recipe.text_cache_settings = text_cache_settings(recipe)  # the disk cache's key (kept for the record)
         with torch.no_grad(), recipe.accelerator.autocast():  # exactly as the uncached step encodes
             stats = cache_text_outputs(dataset, lambda caps: recipe.encode_text(caps, recipe.text_encoders),
-                                       to_disk=d.cache_text_encoder_outputs_to_disk, settings=text_cache_settings(recipe),
+                                       to_disk=d.cache_text_encoder_outputs_to_disk, settings=recipe.text_cache_settings,
                                        memory_budget=max(budget, 0))
         where = "streamed from disk" if stats.to_disk else f"in memory, {stats.nbytes / 2**20:.1f} MiB"
         print(f"text-encoder outputs cached for {stats.encoded + stats.reused} distinct captions "

@@ -32,10 +32,9 @@ from sd_lora.fileio import atomic_write_text, write_errors
 from sd_lora.models.encode import PromptEmbeds, encode_latents, encode_prompts, sdxl_time_ids
 from sd_lora.models.load import describe_source, load_pipeline
 from sd_lora.adapters.dropout import install_lora_dropout
-from sd_lora.train import checkpoint, loss as L, preflight, trackers
+from sd_lora.train import checkpoint, loss as L, memory, preflight, speed, trackers
 from sd_lora.train.caches import setup_caches, validation_loss
 from sd_lora.train.ema import AdapterEMA, rounded_to
-from sd_lora.train.memory import encoders_for_sampling
 from sd_lora.train.noise import draw_training_noise
 from sd_lora.train.facts import training_facts
 from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
@@ -87,6 +86,7 @@ class LoRARecipe:
         self._setup_adapters()
         self._setup_dataloader()
         self._setup_optimizer()
+        speed.apply_speed_options(self)  # compile, channels-last, CPU allocator (sd_lora.train.speed)
         self._setup_trackers()
         if self.cfg.train.resume:
             self._resume(self.cfg.train.resume)
@@ -195,7 +195,7 @@ class LoRARecipe:
             self.scan = scan_dataset(self.cfg.data)
 
     def _setup_dataloader(self) -> None:
-        from sd_lora.data import build_dataloader, build_dataset, has_validation
+        from sd_lora.data import build_dataloader, build_dataset, has_validation, loader_options
 
         t, d, acc = self.cfg.train, self.cfg.data, self.accelerator
         tok = self.tokenizers[0]
@@ -204,7 +204,7 @@ class LoRARecipe:
                                 max_tokens=d.max_token_length or tok.model_max_length - 2)
         setup_caches(self, dataset)
         loader = dict(seed=t.seed, num_workers=d.num_workers, num_processes=acc.num_processes,
-                      process_index=acc.process_index)
+                      process_index=acc.process_index, **loader_options(d, acc.device))
         self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, **loader)
         self.val_dataloader = None
         if has_validation(d):
@@ -442,7 +442,7 @@ class LoRARecipe:
 
         if not self.accelerator.is_main_process:
             return None
-        with self._as_saved(), encoders_for_sampling(self):  # offloaded encoders back on the device meanwhile
+        with self._as_saved(), memory.encoders_for_sampling(self):  # offloaded encoders back on the device meanwhile
             path = render_samples(self, self.state.global_step, self.out_dir / "samples", self._adapter_file())
         if self.accelerator.log_with:
             trackers.log_grid(self.accelerator, path, self.state.global_step)
