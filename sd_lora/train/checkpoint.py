@@ -96,7 +96,8 @@ def run_fingerprint(cfg, scan) -> dict:
                     "conv_alpha": n.conv_alpha, "dora": n.dora, "rslora": n.rslora, "preset": n.preset,
                     "unet_targets": n.unet_targets, "unet_target_regex": n.unet_target_regex,
                     "train_text_encoder": n.train_text_encoder, "text_encoder_targets": n.text_encoder_targets,
-                    "lokr_factor": n.lokr_factor},
+                    "lokr_factor": n.lokr_factor, "block_dims": n.block_dims, "conv_block_dims": n.conv_block_dims,
+                    "block_alphas": n.block_alphas, "conv_block_alphas": n.conv_block_alphas},
         "dataset": data.hexdigest()[:16],
         "seed": t.seed,
         "optimizer": t.optimizer,
@@ -105,7 +106,7 @@ def run_fingerprint(cfg, scan) -> dict:
 
 # network fields that decide the tensors' names and shapes: train.resume_ignore_mismatch cannot override these
 _SHAPE = ("type", "rank", "conv_rank", "dora", "preset", "unet_targets", "unet_target_regex", "train_text_encoder",
-          "text_encoder_targets", "lokr_factor")
+          "text_encoder_targets", "lokr_factor", "block_dims", "conv_block_dims")
 
 
 def check_fingerprint(state: Path, saved: dict, current: dict, ignore_mismatch: bool) -> list[str]:

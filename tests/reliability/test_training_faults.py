@@ -149,6 +149,15 @@ def test_a_changed_rank_on_resume_is_one_clear_message(tmp_path, data):
     assert "size mismatch" not in done.stderr
 
 
+def test_changed_block_dims_on_resume_are_refused(tmp_path, data):
+    out = tmp_path / "out"
+    _complete_run(data, out, tmp_path)
+    dims = "[" + ",".join(["2"] * 12 + ["0"] + ["2"] * 12) + "]"  # the mid block (index 12) not adapted
+    done = run_cli(*train_args(data, out, "--set", f"network.block_dims={dims}", "--set", "train.resume=latest"),
+                   cwd=tmp_path)
+    assert_user_error(done, "train", "network.block_dims: state None", "cannot be changed on resume")
+
+
 def test_ignore_mismatch_resumes_an_explicit_state_with_a_note(tmp_path, data):
     out = tmp_path / "out"
     _complete_run(data, out, tmp_path, "--set", "train.seed=1")
