@@ -82,3 +82,31 @@ def test_bad_inputs(models, tmp_path):
     with pytest.raises(SdLoraError, match="does not exist|no such"):
         extract_adapter(str(tmp_path / "missing"), tuned, tmp_path / "o.safetensors", rank=4)
     assert not list(tmp_path.iterdir())
+
+
+def test_extract_from_hub_ids_in_the_hf_cache(models, tmp_path):
+    """`--base org/name --tuned org/name` load from a Hugging Face cache in the hub's own layout, offline."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.models.hub_cache import add_to_hub_cache
+
+    base, tuned, deltas = models
+    home = tmp_path / "hf"
+    for name, pipe in (("base", base), ("tuned", tuned)):
+        pipe.save_pretrained(tmp_path / name)
+        add_to_hub_cache(home, f"tiny-org/{name}", tmp_path / name)
+    out = tmp_path / "hub.safetensors"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-m", "sd_lora", "extract", "--base", "tiny-org/base", "--tuned",
+                           "tiny-org/tuned", "-o", str(out), "--rank", "4", "--conv-rank", "4", "--save-precision",
+                           "fp32"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = modules_of(out)
+    assert set(got) == set(deltas)
+    for name, want in deltas.items():
+        assert float((delta(got[name]) - want).abs().max()) <= 1e-4, name
