@@ -11,7 +11,7 @@ VENV=${VENV:-.venv}
 LOCK=requirements.lock
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q --upgrade pip > "$VENV/install.log" 2>&1 || { cat "$VENV/install.log" >&2; exit 1; }
 fi
 has_torch=0
 "$VENV/bin/python" -c "import torch" 2>/dev/null && has_torch=1
