@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite on the newest releases on the registry (not the lock), in its own venv (.venv-latest).
-# Upstream releases break us; this finds out before users do. torch stays at the lock's pin unless TORCH=...
-# (this machine has a CPU wheel of that version on disk; an unpinned torch pulls a multi-GB CUDA build).
+# Upstream releases break us; this finds out before users do. Everything is upgraded, torch included: the venv
+# starts from the lock's torch pin (or TORCH=...), then the eager upgrade takes the newest torch pip may install
+# (on this machine pip's cap, 2.14.1, a CUDA build of ~5.5 GB that lies on disk; it runs on the CPU).
 # Extra arguments go to pytest (e.g. a smoke subset: tests/train tests/formats).
 set -euo pipefail
 cd "$(dirname "$0")/.."
