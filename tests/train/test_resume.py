@@ -81,8 +81,9 @@ def test_sigterm_saves_state_and_adapter_then_resume_finishes(tiny_sd1_dir, tiny
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
     deadline = time.time() + 120
-    while "loss=" not in seen and time.time() < deadline:  # wait until steps are running
+    while " loss " not in seen and time.time() < deadline:  # wait until steps are running (a progress line)
         seen += proc.stdout.read(1)
+    assert " loss " in seen, seen
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)
     output = seen + rest
