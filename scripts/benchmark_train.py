@@ -5,19 +5,27 @@ Columns (seconds per optimiser step, median over timed steps after one warm-up s
             freed, fused AdamW, CPU allocator tuning) - the real recipe, data loader and all;
   nocache   the same with data.cache_latents = false and data.cache_text_encoder_outputs = false;
   bf16      the default config with train.mixed_precision = 'bf16';
+  checkpointing  the default config with train.gradient_checkpointing = true (memory for time);
   bare      the floor: a minimal loop on the same cached tensors (one latent and one text embedding computed
             before the loop, VAE and text encoder then dropped), UNet LoRA forward + backward + the same fused
             AdamW, same allocator setting; nothing else;
   bare_plain the same bare loop with torch's default AdamW (per-tensor loop) and glibc's default allocator;
   full      a full fine-tune step of the same UNet (bare loop);
   peer      diffusers' examples/text_to_image/train_text_to_image_lora.py, given with --peer-script (not shipped
-            in the diffusers wheel; fetch it yourself), on the same random model saved to disk and the same
-            images: s/step from two runs of different length, peak RSS of its process, and the whole job time.
+            in the diffusers wheel; fetch it yourself);
+  kohya, kohya_cache  kohya sd-scripts' train_network.py without / with --cache_latents (--kohya-dir: a checkout,
+            --kohya-python: the Python of its own venv, its diffusers pin differs from ours), SDPA, UNet-only LoRA
+            on the same 128 attention projections (a 6-line network module narrows kohya's default set), AdamW;
+  cli       `sd-lora train --config ...` as a user runs it, default config, model loaded from the saved folder.
+The peers and cli run on the same random model saved to disk (--model-dir) and the same 4 images, for
+--peer-steps and twice that many steps: s/step from the difference (load and cache time cancel out), the
+peak RSS of the process, and the whole-job time of the longer run (load, cache, train, save) for item 7.
 Each column runs in its own process so peak memory is its own; --repeats alternates the column order.
 On CUDA it runs bf16 at 512 px by default.
 
     nice .venv/bin/python scripts/benchmark_train.py --only default --only nocache --only bare --repeats 2
-    .venv/bin/python scripts/benchmark_train.py --only peer --peer-script ~/diffusers/examples/text_to_image/train_text_to_image_lora.py
+    nice .venv/bin/python scripts/benchmark_train.py --only cli --peer-steps 50 --model-dir /tmp/sd1-random \
+        --peer-script PATH/train_text_to_image_lora.py --kohya-dir PATH/sd-scripts --kohya-python PATH/venv/bin/python
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TOKENIZER_WORDS = ["a", "photo", "of", "cat"]
 
 
 def build_random_sd1(dtype):
@@ -50,7 +59,7 @@ def build_random_sd1(dtype):
 
     torch.manual_seed(0)
     tok_dir = tempfile.mkdtemp()
-    tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer_files(tok_dir, ["a", "photo", "of", "cat"])))
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer_files(tok_dir, TOKENIZER_WORDS)))
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL(**vae_config("sd1")), text_encoder=CLIPTextModel(CLIPTextConfig(**text_encoder_configs("sd1")[0])),
         tokenizer=tokenizer, unet=UNet2DConditionModel(**unet_config("sd1")),
@@ -81,9 +90,8 @@ def run_recipe(args, device, dtype, overrides: dict | None = None) -> list[float
     from sd_lora.config.load import config_from_dict
     from sd_lora.models.load import BaseModelInfo
 
-    pipe = build_random_sd1(torch.float32)
-    recipe_mod.load_pipeline = lambda *a, **k: (pipe, BaseModelInfo("random-sd1", "", "sd1", "epsilon", True))
-    del pipe  # the recipe holds what it keeps (it frees the encoders once their outputs are cached)
+    held = [build_random_sd1(torch.float32)]  # handed over once: then only the recipe holds the pipeline
+    recipe_mod.load_pipeline = lambda *a, **k: (held.pop(), BaseModelInfo("random-sd1", "", "sd1", "epsilon", True))
     data_dir = Path(tempfile.mkdtemp()) / "imgs"
     write_images(data_dir, max(4, args.batch_size), args.resolution)
     sections = {
@@ -162,47 +170,102 @@ def run_bare(args, device, dtype, full: bool, plain: bool = False) -> list[float
     return times[1:]
 
 
-def run_peer(args) -> dict:
-    """diffusers' example LoRA script on the same random model and images; two lengths give s/step."""
+def peer_model_dir(args) -> Path:
+    """The random full-size model saved as a diffusers folder for the peers (kept in --model-dir when given)."""
+    model_dir = args.model_dir or Path(tempfile.mkdtemp()) / "model"
+    if not (model_dir / "model_index.json").is_file():
+        build_random_sd1(torch.float32).save_pretrained(model_dir)
+    return model_dir
+
+
+def timed_lengths(args, make_cmd, env=None) -> dict:
+    """Run a peer for --peer-steps and twice that many steps: s/step from the difference (load and cache time
+    cancel), the whole-job wall time of each run, and the peak RSS of its processes."""
     import resource as res
 
-    work = Path(tempfile.mkdtemp())
-    model_dir, data_dir = work / "model", work / "data"
-    build_random_sd1(torch.float32).save_pretrained(model_dir)
-    write_images(data_dir, 4, args.resolution)
-    with open(data_dir / "metadata.jsonl", "w") as f:
-        for i in range(4):
-            f.write(json.dumps({"file_name": f"{i}.png", "text": "a photo of a cat"}) + "\n")
     walls = {}
     for steps in (args.peer_steps, 2 * args.peer_steps):
-        cmd = [sys.executable, str(args.peer_script), "--pretrained_model_name_or_path", str(model_dir),
-               "--train_data_dir", str(data_dir), "--caption_column", "text", "--resolution", str(args.resolution),
-               "--train_batch_size", "1", "--max_train_steps", str(steps), "--rank", str(args.rank),
-               "--learning_rate", "1e-4", "--lr_scheduler", "constant", "--seed", "0", "--center_crop",
-               "--dataloader_num_workers", "0", "--mixed_precision", args.mixed_precision,
-               "--output_dir", str(work / f"out{steps}"), "--checkpointing_steps", "1000000"]
         start = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        out = subprocess.run(make_cmd(steps), capture_output=True, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
         if out.returncode:
-            sys.exit(f"peer script failed:\n{out.stderr[-3000:]}")
+            sys.exit(f"peer failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
         walls[steps] = time.perf_counter() - start
     per_step = (walls[2 * args.peer_steps] - walls[args.peer_steps]) / args.peer_steps
     return {"sec_per_step": per_step, "times": [per_step], "whole_job_s": {str(k): v for k, v in walls.items()},
             "peak_gb": res.getrusage(res.RUSAGE_CHILDREN).ru_maxrss / 2**20}
 
 
-def whole_job(args) -> dict:
-    """sd-lora's whole job (load, cache, train, save) for --peer-steps and twice that many steps, in one process."""
-    walls = {}
-    for steps in (args.peer_steps, 2 * args.peer_steps):
-        cmd = [sys.executable, __file__, "--worker", "default", "--resolution", str(args.resolution),
-               "--mixed-precision", args.mixed_precision, "--rank", str(args.rank), "--steps", str(steps - 1)]
-        start = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if out.returncode:
-            sys.exit(out.stderr[-3000:])
-        walls[steps] = time.perf_counter() - start
-    return walls
+def run_peer(args) -> dict:
+    """diffusers' example LoRA script on the same random model and images; two lengths give s/step."""
+    work = Path(tempfile.mkdtemp())
+    model_dir, data_dir = peer_model_dir(args), work / "data"
+    write_images(data_dir, 4, args.resolution)
+    with open(data_dir / "metadata.jsonl", "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"file_name": f"{i}.png", "text": "a photo of a cat"}) + "\n")
+    return timed_lengths(args, lambda steps: [
+        sys.executable, str(args.peer_script), "--pretrained_model_name_or_path", str(model_dir),
+        "--train_data_dir", str(data_dir), "--caption_column", "text", "--resolution", str(args.resolution),
+        "--train_batch_size", str(args.batch_size), "--max_train_steps", str(steps), "--rank", str(args.rank),
+        "--learning_rate", "1e-4", "--lr_scheduler", "constant", "--seed", "0", "--center_crop",
+        "--dataloader_num_workers", "0", "--mixed_precision", args.mixed_precision,
+        "--output_dir", str(work / f"out{steps}"), "--checkpointing_steps", "1000000"])
+
+
+# kohya's LoRA covers every Linear of the transformer blocks; this network module keeps only the attention
+# projections the other columns train (to_q/to_k/to_v/to_out.0), so all columns train the same module set.
+KOHYA_SAME_MODULES = '''
+import re
+from networks import lora
+
+def create_network(*args, **kwargs):
+    network = lora.create_network(*args, **kwargs)
+    network.unet_loras = [m for m in network.unet_loras if re.search(r"attn[12]_to_(q|k|v|out_0)$", m.lora_name)]
+    return network
+'''
+
+
+def run_kohya(args, cache_latents: bool) -> dict:
+    """kohya sd-scripts' train_network.py (its own venv, --kohya-python) on the same model and images, SDPA
+    attention, UNet-only LoRA on the same modules, AdamW, with or without its latent cache."""
+    work = Path(tempfile.mkdtemp())
+    model_dir, data_dir = peer_model_dir(args), work / "data"
+    write_images(data_dir / "1_cat", 4, args.resolution)  # kohya's folder naming: <repeats>_<name>
+    from sd_lora.models.tiny import write_tokenizer_files
+
+    tok_cache = work / "tokenizers"  # kohya reads its tokenizer from here offline: the model's own, as vocab files
+    write_tokenizer_files(tok_cache / "openai_clip-vit-large-patch14", TOKENIZER_WORDS)
+    (work / "bench_kohya_lora.py").write_text(KOHYA_SAME_MODULES)
+    mp = {"no": "no", "bf16": "bf16", "fp16": "fp16"}[args.mixed_precision]
+    return timed_lengths(args, lambda steps: [
+        str(args.kohya_python), str(args.kohya_dir / "train_network.py"),
+        "--pretrained_model_name_or_path", str(model_dir), "--train_data_dir", str(data_dir),
+        "--caption_extension", ".txt", "--resolution", str(args.resolution), "--train_batch_size", str(args.batch_size),
+        "--max_train_steps", str(steps), "--network_module", "bench_kohya_lora", "--network_dim", str(args.rank),
+        "--network_alpha", str(args.rank), "--network_train_unet_only", "--learning_rate", "1e-4",
+        "--optimizer_type", "AdamW", "--lr_scheduler", "constant", "--seed", "0", "--mixed_precision", mp,
+        "--sdpa", "--max_data_loader_n_workers", "0", "--tokenizer_cache_dir", str(tok_cache),
+        "--output_dir", str(work / f"out{steps}"), "--output_name", "bench", "--save_model_as", "safetensors",
+        *(["--cache_latents"] if cache_latents else [])],
+        env={"PYTHONPATH": f"{work}{os.pathsep}{args.kohya_dir}"})
+
+
+def run_cli(args) -> dict:
+    """`sd-lora train` as a user runs it: the model loaded from the same saved folder, default config (caches
+    'auto'), same images, the adapter saved; two lengths give s/step and the whole-job time."""
+    work = Path(tempfile.mkdtemp())
+    model_dir, data_dir = peer_model_dir(args), work / "data"
+    write_images(data_dir, 4, args.resolution)
+
+    def cmd(steps):
+        config = work / f"train{steps}.toml"
+        config.write_text(f"""[model]\npretrained = "{model_dir}"\n[data]\ndir = "{data_dir}"\nresolution = {args.resolution}
+[network]\nrank = {args.rank}\nalpha = {args.rank}\n[train]\nmax_steps = {steps}\nbatch_size = {args.batch_size}
+learning_rate = 1e-4\nmixed_precision = "{args.mixed_precision}"\n[output]\ndir = "{work / f'out{steps}'}"\nlog_with = "none"\n""")
+        return [sys.executable, "-m", "sd_lora.cli.main", "train", "--config", str(config)]
+
+    return timed_lengths(args, cmd)
 
 
 FWD_FLOPS = 0  # UNet forward FLOPs of one step, counted by the bare workers (torch.utils.flop_counter)
@@ -211,22 +274,28 @@ WORKERS = {
     "nocache": lambda a, d, t: run_recipe(a, d, t, {"data": {"cache_latents": False,
                                                              "cache_text_encoder_outputs": False}}),
     "bf16": lambda a, d, t: run_recipe(a, d, torch.bfloat16, {"train": {"mixed_precision": "bf16"}}),
+    "checkpointing": lambda a, d, t: run_recipe(a, d, t, {"train": {"gradient_checkpointing": True}}),
     "bare": lambda a, d, t: run_bare(a, d, t, full=False),
     "bare_plain": lambda a, d, t: run_bare(a, d, t, full=False, plain=True),
     "bare_bf16": lambda a, d, t: run_bare(a, d, torch.bfloat16, full=False),
     "full": lambda a, d, t: run_bare(a, d, t, full=True),
 }
+PEERS = {"cli": run_cli, "peer": run_peer, "kohya": lambda a: run_kohya(a, cache_latents=False),
+         "kohya_cache": lambda a: run_kohya(a, cache_latents=True)}
 NAMES = {"default": "sd-lora, default config", "nocache": "sd-lora, caches forced off",
-         "bf16": "sd-lora, default + bf16", "bare": "bare floor (cached, fused AdamW)",
+         "bf16": "sd-lora, default + bf16", "checkpointing": "sd-lora, default + grad checkpointing",
+         "bare": "bare floor (cached, fused AdamW)",
          "bare_plain": "bare, torch defaults", "bare_bf16": "bare floor, bf16 autocast",
-         "full": "full fine-tune (bare)", "peer": "peer: diffusers example script"}
+         "full": "full fine-tune (bare)", "cli": "sd-lora train CLI, default config",
+         "peer": "peer: diffusers example script", "kohya": "peer: kohya train_network.py",
+         "kohya_cache": "peer: kohya + --cache_latents"}
 
 
 def worker(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
-    if args.worker == "peer":
-        print(json.dumps(run_peer(args)))
+    if args.worker in PEERS:
+        print(json.dumps(PEERS[args.worker](args)))
         return
     times = WORKERS[args.worker](args, device, dtype)
     print(json.dumps({"sec_per_step": statistics.median(times), "peak_gb": peak_memory_gb(device),
@@ -244,23 +313,33 @@ def main() -> None:
                    "matmul peak, as scripts/gpu_benchmark.sh writes it): print MFU (3x forward FLOPs per step)")
     p.add_argument("--steps", type=int, default=4, help="timed LoRA steps (after one warm-up step)")
     p.add_argument("--full-steps", type=int, default=2, help="timed full fine-tune steps (slow on CPU)")
-    p.add_argument("--only", choices=[*WORKERS, "peer"], action="append")
+    p.add_argument("--only", choices=[*WORKERS, *PEERS], action="append")
     p.add_argument("--peer-script", type=Path, help="path of diffusers' examples/text_to_image/"
                    "train_text_to_image_lora.py (adds the peer column and the whole-job comparison)")
+    p.add_argument("--kohya-dir", type=Path, help="a kohya-ss/sd-scripts checkout (adds the kohya columns)")
+    p.add_argument("--kohya-python", type=Path, help="the Python of kohya's own environment (its pinned diffusers)")
+    p.add_argument("--model-dir", type=Path, help="where the random model is saved for the peers and the CLI column "
+                   "(made once if missing; default: a new temporary folder per column)")
     p.add_argument("--peer-steps", type=int, default=50, help="peer runs this many and twice this many steps; "
                    "the whole-job comparison runs both tools for twice this many")
     p.add_argument("--repeats", type=int, default=1,
                    help="run each column this many times, alternating the order (a, b, b, a, ...) so slow drift of "
                         "a shared machine hits every column alike; the table shows the median over all timed steps")
-    p.add_argument("--worker", choices=[*WORKERS, "peer"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[*WORKERS, *PEERS], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
     modes = args.only or ["default", "nocache", "bare", "bare_plain"]
     if args.peer_script and "peer" not in modes:
-        modes.append("peer")
+        modes += ["peer", "cli"]
+    if args.kohya_dir and "kohya_cache" not in modes:
+        modes += ["kohya", "kohya_cache", "cli"]
+    modes = list(dict.fromkeys(modes))
     if "peer" in modes and not (args.peer_script and args.peer_script.is_file()):
         sys.exit("the peer column needs --peer-script PATH to diffusers' train_text_to_image_lora.py")
+    if {"kohya", "kohya_cache"} & set(modes) and not (args.kohya_dir and (args.kohya_dir / "train_network.py").is_file()
+                                                     and args.kohya_python):
+        sys.exit("the kohya columns need --kohya-dir (an sd-scripts checkout) and --kohya-python (its venv's python)")
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     loads = []
     for r in range(args.repeats):
@@ -269,8 +348,9 @@ def main() -> None:
                    "--mixed-precision", args.mixed_precision, "--rank", str(args.rank), "--steps", str(args.steps),
                    "--full-steps", str(args.full_steps), "--peer-steps", str(args.peer_steps),
                    "--batch-size", str(args.batch_size)]
-            if mode == "peer":
-                cmd += ["--peer-script", str(args.peer_script)]
+            for flag in ("peer_script", "kohya_dir", "kohya_python", "model_dir"):
+                if getattr(args, flag):
+                    cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             if out.returncode:
                 sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
@@ -302,20 +382,30 @@ def main() -> None:
     if {"bf16", "default"} <= results.keys():
         print(f"bf16 speed-up over fp32 (default config): {ratio('default', 'bf16'):.2f}x")
     if {"peer", "default"} <= results.keys():
-        print(f"default vs peer: {ratio('peer', 'default'):.2f}x the steps/s (target >= 1.4), peak RSS "
+        print(f"default vs diffusers example: {ratio('peer', 'default'):.2f}x the steps/s (target >= 1.4), peak RSS "
               f"{ratio('default', 'peer', 'peak_gb'):.2f}x (target <= 0.8)")
-        ours = whole_job(args)
-        theirs = runs["peer"][0]["whole_job_s"]
-        n = 2 * args.peer_steps
-        print(f"whole job, {n} steps from a cold start: sd-lora {ours[n]:.0f} s, peer {theirs[str(n)]:.0f} s: "
-              f"{theirs[str(n)] / ours[n]:.2f}x sooner (target >= 1.3)")
+    if {"kohya_cache", "default"} <= results.keys():
+        print(f"default vs kohya with its latent cache: {ratio('kohya_cache', 'default'):.2f}x the steps/s "
+              f"(target >= 1.2), peak RSS {ratio('default', 'kohya_cache', 'peak_gb'):.2f}x")
+    if {"kohya", "default"} <= results.keys():
+        print(f"default vs kohya without cache: {ratio('kohya', 'default'):.2f}x the steps/s")
+    n = str(2 * args.peer_steps)
+    if "cli" in results:
+        ours = statistics.median(run["whole_job_s"][n] for run in runs["cli"])
+        print(f"sd-lora CLI s/step (from runs of {args.peer_steps} and {n} steps): {results['cli']['sec_per_step']:.2f}")
+        for peer in ("peer", "kohya", "kohya_cache"):
+            if peer in results:
+                theirs = statistics.median(run["whole_job_s"][n] for run in runs[peer])
+                print(f"whole job, {n} steps from a cold start (load, cache, train, save): sd-lora {ours:.0f} s, "
+                      f"{NAMES[peer].removeprefix('peer: ')} {theirs:.0f} s: {theirs / ours:.2f}x sooner"
+                      + (" (target >= 1.3)" if peer == "peer" else ""))
     flops = max((run.get("fwd_flops") or 0) for rs in runs.values() for run in rs)
     if args.mfu_peak_file and flops:
         import re
 
         peak = float(re.search(r"([0-9.]+) TFLOP/s", args.mfu_peak_file.read_text()).group(1)) * 1e12
         for mode, r in results.items():
-            if mode != "peer":
+            if mode not in PEERS:
                 print(f"MFU {NAMES[mode]}: {3 * flops / r['sec_per_step'] / peak:.1%} "
                       f"(3 x {flops / 1e12:.2f} TFLOP forward per step, peak {peak / 1e12:.0f} TFLOP/s)")
     if {"default", "full"} <= results.keys():

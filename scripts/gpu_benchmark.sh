@@ -49,13 +49,14 @@ te1, te2 = text_encoder_configs("sdxl")
 pipe = StableDiffusionXLPipeline(vae=AutoencoderKL(**vae_config("sdxl")), text_encoder=CLIPTextModel(CLIPTextConfig(**te1)),
     text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**te2)), tokenizer=tok, tokenizer_2=tok,
     unet=UNet2DConditionModel(**unet_config("sdxl")), scheduler=EulerDiscreteScheduler(**scheduler_config("sdxl")))
-recipe_mod.load_pipeline = lambda *a, **k: (pipe, BaseModelInfo("random-sdxl", "", "sdxl", "epsilon", True))
+held = [pipe]; del pipe  # handed over once: then only the recipe holds it (it frees the encoders once cached)
+recipe_mod.load_pipeline = lambda *a, **k: (held.pop(), BaseModelInfo("random-sdxl", "", "sdxl", "epsilon", True))
 data = Path(tempfile.mkdtemp()) / "imgs"; write_images(data, 4, 1024)
 cfg = config_from_dict({"data": {"dir": str(data), "resolution": 1024},
     "network": {"rank": 16, "alpha": 16}, "output": {"dir": tempfile.mkdtemp(), "log_with": "none"},
     "train": {"max_steps": 6, "batch_size": 1, "mixed_precision": "bf16", "gradient_checkpointing": True,
               "log_every_n_steps": 1000}})
-recipe = recipe_mod.LoRARecipe(cfg); del pipe
+recipe = recipe_mod.LoRARecipe(cfg)
 recipe.setup(); torch.cuda.reset_peak_memory_stats(); recipe.train()
 steps = [b - a for a, b in zip(recipe.step_times, recipe.step_times[1:])]
 peak = torch.cuda.max_memory_allocated() / 2**30
