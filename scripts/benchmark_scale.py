@@ -5,7 +5,7 @@ process scans it (timed), and trains `builtin:tiny` on it with latents and text-
 cache (data.cache_memory_gb = 0: the memory cache's budget is zero, so both stream from disk), and reports its
 RSS after the scan, after caching, after training, and its peak.
 
-    nice .venv/bin/python scripts/benchmark_scale.py --sizes 200 2000 20000 --work /tmp/sd_lora_scale
+    nice .venv/bin/python scripts/benchmark_scale.py --sizes 200 2000 20000 --work /tmp/sd_lora_scale [--epoch]
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[200, 2000, 20000])
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--epoch", action="store_true", help="train one whole epoch at each size (N / 8 steps) instead "
+                   "of --steps, so every image's cached latents and text outputs are read from disk once")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sd_lora_scale")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -85,19 +87,20 @@ def main() -> None:
             make_dataset(folder, n)
         for cached in folder.glob(".sd_lora_cache"):  # every size encodes from scratch
             subprocess.run(["rm", "-rf", str(cached)], check=True)
-        out = subprocess.run([sys.executable, __file__, "--worker", str(folder), "--steps", str(args.steps)],
+        steps = -(-n // 8) if args.epoch else args.steps
+        out = subprocess.run([sys.executable, __file__, "--worker", str(folder), "--steps", str(steps)],
                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if out.returncode:
             sys.exit(out.stderr[-3000:])
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "steps": steps})
     load = os.getloadavg()[0]
-    print(f"builtin:tiny, 64 px images trained at 32 px, batch 8, {args.steps} steps, disk caches (data.cache_memory_gb = 0); "
+    print(f"builtin:tiny, 64 px images trained at 32 px, batch 8, {'one epoch' if args.epoch else f'{args.steps} steps'}, disk caches (data.cache_memory_gb = 0); "
           f"load avg {load:.1f}, {os.cpu_count()} cores")
-    print("| images | scan s | setup (load + cache) s | train s | RSS after scan MB | after cache MB | "
+    print("| images | scan s | setup (load + cache) s | steps | train s | RSS after scan MB | after cache MB | "
           "after train MB | peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['images']} | {r['scan_s']:.2f} | {r['setup_s']:.1f} | {r['train_s']:.1f} | "
+        print(f"| {r['images']} | {r['scan_s']:.2f} | {r['setup_s']:.1f} | {r['steps']} | {r['train_s']:.1f} | "
               f"{r['rss_after_scan_mb']:.0f} | {r['rss_after_cache_mb']:.0f} | {r['rss_after_train_mb']:.0f} | "
               f"{r['peak_rss_mb']:.0f} |")
     first, last = rows[0], rows[-1]
