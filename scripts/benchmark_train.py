@@ -49,6 +49,16 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TOKENIZER_WORDS = ["a", "photo", "of", "cat"]
 
 
+def scratch() -> Path:
+    """A temporary folder removed when this process exits (a saved full-size model is 4 GB)."""
+    import atexit
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="sd_lora_bench_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def build_random_sd1(dtype):
     """Full-size SD1 UNet, CLIP-L text encoder and VAE with random weights, plus an offline tokenizer."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -58,7 +68,7 @@ def build_random_sd1(dtype):
     from sd_lora.models.tiny import write_tokenizer_files
 
     torch.manual_seed(0)
-    tok_dir = tempfile.mkdtemp()
+    tok_dir = str(scratch())
     tokenizer = CLIPTokenizer.from_pretrained(str(write_tokenizer_files(tok_dir, TOKENIZER_WORDS)))
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL(**vae_config("sd1")), text_encoder=CLIPTextModel(CLIPTextConfig(**text_encoder_configs("sd1")[0])),
@@ -92,14 +102,14 @@ def run_recipe(args, device, dtype, overrides: dict | None = None) -> list[float
 
     held = [build_random_sd1(torch.float32)]  # handed over once: then only the recipe holds the pipeline
     recipe_mod.load_pipeline = lambda *a, **k: (held.pop(), BaseModelInfo("random-sd1", "", "sd1", "epsilon", True))
-    data_dir = Path(tempfile.mkdtemp()) / "imgs"
+    data_dir = scratch() / "imgs"
     write_images(data_dir, max(4, args.batch_size), args.resolution)
     sections = {
         "data": {"dir": str(data_dir), "resolution": args.resolution},
         "network": {"rank": args.rank, "alpha": args.rank},
         "train": {"max_steps": args.steps + 1, "batch_size": args.batch_size, "learning_rate": 1e-4,
                   "mixed_precision": args.mixed_precision, "log_every_n_steps": 1000},
-        "output": {"dir": tempfile.mkdtemp(), "log_with": "none", "save_state_at_end": False},
+        "output": {"dir": str(scratch()), "log_with": "none", "save_state_at_end": False},
     }
     for section, values in (overrides or {}).items():
         sections[section].update(values)
@@ -172,7 +182,7 @@ def run_bare(args, device, dtype, full: bool, plain: bool = False) -> list[float
 
 def peer_model_dir(args) -> Path:
     """The random full-size model saved as a diffusers folder for the peers (kept in --model-dir when given)."""
-    model_dir = args.model_dir or Path(tempfile.mkdtemp()) / "model"
+    model_dir = args.model_dir or scratch() / "model"
     if not (model_dir / "model_index.json").is_file():
         build_random_sd1(torch.float32).save_pretrained(model_dir)
     return model_dir
@@ -198,7 +208,7 @@ def timed_lengths(args, make_cmd, env=None) -> dict:
 
 def run_peer(args) -> dict:
     """diffusers' example LoRA script on the same random model and images; two lengths give s/step."""
-    work = Path(tempfile.mkdtemp())
+    work = scratch()
     model_dir, data_dir = peer_model_dir(args), work / "data"
     write_images(data_dir, 4, args.resolution)
     with open(data_dir / "metadata.jsonl", "w") as f:
@@ -229,7 +239,7 @@ def create_network(*args, **kwargs):
 def run_kohya(args, cache_latents: bool) -> dict:
     """kohya sd-scripts' train_network.py (its own venv, --kohya-python) on the same model and images, SDPA
     attention, UNet-only LoRA on the same modules, AdamW, with or without its latent cache."""
-    work = Path(tempfile.mkdtemp())
+    work = scratch()
     model_dir, data_dir = peer_model_dir(args), work / "data"
     write_images(data_dir / "1_cat", 4, args.resolution)  # kohya's folder naming: <repeats>_<name>
     from sd_lora.models.tiny import write_tokenizer_files
@@ -254,7 +264,7 @@ def run_kohya(args, cache_latents: bool) -> dict:
 def run_cli(args) -> dict:
     """`sd-lora train` as a user runs it: the model loaded from the same saved folder, default config (caches
     'auto'), same images, the adapter saved; two lengths give s/step and the whole-job time."""
-    work = Path(tempfile.mkdtemp())
+    work = scratch()
     model_dir, data_dir = peer_model_dir(args), work / "data"
     write_images(data_dir, 4, args.resolution)
 
