@@ -94,7 +94,8 @@ def main() -> None:
             sys.exit(out.stderr[-3000:])
         rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "steps": steps})
     load = os.getloadavg()[0]
-    print(f"builtin:tiny, 64 px images trained at 32 px, batch 8, {'one epoch' if args.epoch else f'{args.steps} steps'}, disk caches (data.cache_memory_gb = 0); "
+    length = "one epoch" if args.epoch else f"{args.steps} steps"
+    print(f"builtin:tiny, 64 px images trained at 32 px, batch 8, {length}, disk caches (data.cache_memory_gb = 0); "
           f"load avg {load:.1f}, {os.cpu_count()} cores")
     print("| images | scan s | setup (load + cache) s | steps | train s | RSS after scan MB | after cache MB | "
           "after train MB | peak MB |")
