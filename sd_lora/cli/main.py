@@ -22,6 +22,10 @@ SUBCOMMANDS = {
     "resize": "resize",
     "extract": "extract",
     "bake": "bake",
+    "caption": "caption",
+    "captions": "captions",
+    "masks": "masks",
+    "dataset-report": "dataset_report",
 }
 
 
