@@ -25,3 +25,8 @@ def tiny_florence_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
     return tiny_captioners.save_tiny_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clipseg_dir(tmp_path_factory):
+    return tiny_captioners.save_tiny_clipseg(tmp_path_factory.mktemp("clipseg"))

@@ -162,3 +162,29 @@ def save_tiny_tagger(folder: Path, size: int = 8, fixed_batch: bool = False) -> 
         for i, (name, cat, _) in enumerate(TAGGER_TAGS):
             w.writerow([i, name, cat, 100])
     return folder
+
+
+def save_tiny_clipseg(folder: Path) -> Path:
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer
+    from transformers import ViTImageProcessorPil
+
+    from sd_lora.models.tiny import write_tokenizer_files
+
+    import shutil
+
+    torch.manual_seed(0)
+    tok = CLIPTokenizer.from_pretrained(str(write_tokenizer_files(folder / "_tok", ["person", "dog", "text"])))
+    shutil.rmtree(folder / "_tok")
+    config = CLIPSegConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32, extract_layers=[1, 2], reduce_dim=16, decoder_num_attention_heads=2,
+        decoder_intermediate_size=32)
+    model = CLIPSegForImageSegmentation(config).eval()
+    model.save_pretrained(folder)
+    CLIPSegProcessor(image_processor=ViTImageProcessorPil(size={"height": 32, "width": 32}),
+                     tokenizer=tok).save_pretrained(folder)
+    return folder
