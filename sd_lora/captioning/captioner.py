@@ -15,8 +15,8 @@ from PIL import Image
 from sd_lora.captioning.hub import ModelFiles, resolve_model
 from sd_lora.errors import SdLoraError
 
-__all__ = ["Captioner", "CaptionerSettings", "BACKENDS", "DEFAULT_MODELS", "load_captioner", "pick_device",
-           "pick_dtype"]
+__all__ = ["Captioner", "CaptionerSettings", "BACKENDS", "DEFAULT_MODELS", "DEFAULT_MASK_MODEL", "load_captioner",
+           "pick_device", "pick_dtype"]
 
 # backend -> module under sd_lora.captioning
 BACKENDS = {"blip": "blip", "florence2": "florence", "vlm": "chat_vlm", "wd14": "wd_tagger"}
@@ -27,6 +27,8 @@ DEFAULT_MODELS = {
     "vlm": "Qwen/Qwen2.5-VL-3B-Instruct",
     "wd14": "SmilingWolf/wd-eva02-large-tagger-v3",
 }
+# CLIPSeg for `sd-lora masks` (named here, with the captioners, so the CLI can show it without loading torch).
+DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"
 DEFAULT_PROMPTS = {
     "blip": "",  # unconditional; e.g. "a photo of" makes BLIP continue that text
     "florence2": "<MORE_DETAILED_CAPTION>",

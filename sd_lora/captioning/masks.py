@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageOps
 
-from sd_lora.captioning.captioner import pick_device
+from sd_lora.captioning.captioner import DEFAULT_MASK_MODEL, pick_device
 from sd_lora.captioning.hub import ModelFiles, resolve_model
 from sd_lora.data.images import BadImage, load_rgb
 from sd_lora.data.layout import list_images
@@ -23,8 +23,6 @@ from sd_lora.fileio import atomic_path
 
 __all__ = ["MaskSettings", "MaskReport", "ClipSegMasker", "load_masker", "make_masks", "contact_sheet",
            "DEFAULT_MASK_MODEL"]
-
-DEFAULT_MASK_MODEL = "CIDAS/clipseg-rd64-refined"
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def _settings(args):
     job: dict = {}
     if args.reuse_settings:
         last = last_recorded_run(args.dir)
-        values, job = dict(last["captioner"]), dict(last["job"])
+        # The mode (skip/overwrite/append) is what this run should do, not a setting to reproduce.
+        values, job = dict(last["captioner"]), {k: v for k, v in last["job"].items() if k != "mode"}
         # The recorded model is the resolved id and its exact commit: replaying pins both.
         values["revision"] = last["model"].get("revision") or values.get("revision")
     values.update({k: getattr(args, k) for k in _SETTING_OPTIONS if getattr(args, k) is not None})

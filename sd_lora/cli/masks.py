@@ -9,7 +9,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
-    from sd_lora.captioning.masks import DEFAULT_MASK_MODEL
+    from sd_lora.captioning.captioner import DEFAULT_MASK_MODEL
 
     p = subparsers.add_parser(name, help="make grayscale loss masks (data.mask_dir) from a text prompt with CLIPSeg")
     p.add_argument("dir", help="folder of training images")

@@ -30,3 +30,8 @@ def tiny_llava_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clipseg_dir(tmp_path_factory):
     return tiny_captioners.save_tiny_clipseg(tmp_path_factory.mktemp("clipseg"))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tmp_path_factory):
+    return tiny_captioners.save_tiny_blip2(tmp_path_factory.mktemp("blip2"))

@@ -149,7 +149,7 @@ def test_folder_errors(tmp_path, tiny_tagger_dir):
 
 
 @pytest.mark.parametrize("backend,fixture,prompt", [
-    ("blip", "tiny_blip_dir", None), ("blip", "tiny_blip_dir", "a photo of"),
+    ("blip", "tiny_blip_dir", None), ("blip", "tiny_blip_dir", "a photo of"), ("blip", "tiny_blip2_dir", "a photo of"),
     ("florence2", "tiny_florence_dir", "<CAPTION>"), ("vlm", "tiny_llava_dir", "Describe the image"),
 ])
 def test_generative_backends_batch_like_single_images(tmp_path, request, backend, fixture, prompt):

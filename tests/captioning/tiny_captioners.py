@@ -188,3 +188,28 @@ def save_tiny_clipseg(folder: Path) -> Path:
     CLIPSegProcessor(image_processor=ViTImageProcessorPil(size={"height": 32, "width": 32}),
                      tokenizer=tok).save_pretrained(folder)
     return folder
+
+
+def save_tiny_blip2(folder: Path) -> Path:
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessorPil
+
+    torch.manual_seed(0)
+    tok = _tokenizer(["<pad>", "</s>", "<unk>"], pad_token="<pad>", unk_token="<unk>", bos_token="</s>",
+                     eos_token="</s>")
+    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
+                               tokenizer=tok, num_query_tokens=4)  # adds the <image> token to the vocabulary
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        qformer_config=dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, encoder_hidden_size=32),
+        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                         num_attention_heads=2, max_position_embeddings=128, word_embed_proj_dim=32, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=1),
+        num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    model = Blip2ForConditionalGeneration(config).eval()
+    _never_stop(model, tok)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
