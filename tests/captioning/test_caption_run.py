@@ -177,3 +177,25 @@ def test_florence_rejects_a_non_caption_task(tiny_florence_dir):
 def test_wrong_backend_for_a_folder_is_one_error(tiny_tagger_dir, tiny_blip_dir):
     with pytest.raises(SdLoraError, match="lacks model.onnx"):
         load_captioner(CaptionerSettings(backend="wd14", model=str(tiny_blip_dir)))
+
+
+def test_training_reads_the_captions_and_keeps_the_head_first(tmp_path, tiny_tagger_dir):
+    """What training sees: the scan reads the written metadata.jsonl, and with data.keep_tokens set to the
+    reported count, shuffling never moves the trigger and prefix."""
+    import random
+
+    from sd_lora.config.data import DataConfig
+    from sd_lora.data.captions import CaptionSettings, process_caption
+    from sd_lora.data.scan import scan_dataset
+
+    folder = _images(tmp_path / "ds", ["a_red", "b_blue"])
+    report = caption_folder(CaptionJob(folder, output="jsonl", trigger="ohwx", prefix="solo"),
+                            _tagger(tiny_tagger_dir, threshold=0.3, character_threshold=0.5))
+    assert report.keep_tokens == 2
+    records = scan_dataset(DataConfig(dir=str(folder), resolution=64)).subsets[0].records
+    captions = {r.path.name: (r.caption, r.caption_source) for r in records}
+    assert captions["a_red.png"][1] == "metadata"
+    assert captions["a_red.png"][0].startswith("ohwx, solo, hatsune miku, kagamine rin, red theme")
+    settings = CaptionSettings(keep_tokens=report.keep_tokens, shuffle_caption=True)
+    shuffled = {process_caption(captions["a_red.png"][0], settings, random.Random(seed)) for seed in range(20)}
+    assert len(shuffled) > 1 and all(c.startswith("ohwx, solo, ") for c in shuffled)
