@@ -8,6 +8,7 @@ from typing import Any
 from sd_lora.captioning.captioner import CaptionerSettings, pick_device, pick_dtype
 from sd_lora.captioning.hub import ModelFiles
 from sd_lora.errors import SdLoraError
+from sd_lora.logs import quiet_libraries
 
 __all__ = ["LoadedModel", "load_image_text_model", "generate"]
 
@@ -24,6 +25,8 @@ class LoadedModel:
 
 def load_image_text_model(settings: CaptionerSettings, files: ModelFiles) -> LoadedModel:
     import torch
+
+    quiet_libraries()
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     device = pick_device(settings.device)

@@ -20,6 +20,7 @@ from sd_lora.data.images import BadImage, load_rgb
 from sd_lora.data.layout import list_images
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_path
+from sd_lora.logs import quiet_libraries
 
 __all__ = ["MaskSettings", "MaskReport", "ClipSegMasker", "load_masker", "make_masks", "contact_sheet",
            "DEFAULT_MASK_MODEL"]
@@ -60,6 +61,8 @@ class MaskReport:
 class ClipSegMasker:
     def __init__(self, settings: MaskSettings, files: ModelFiles):
         import torch
+
+        quiet_libraries()
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
         self.settings, self.files = settings, files
