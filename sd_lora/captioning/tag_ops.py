@@ -72,7 +72,14 @@ def replace_text(find: str, replacement: str, regex: bool = False) -> Callable[[
     except re.error as e:
         raise SdLoraError(f"--find {find!r} is not a valid regular expression ({e}); drop --regex to match it "
                           "literally") from None
-    return lambda text: pattern.sub(replacement if regex else replacement.replace("\\", "\\\\"), text)
+    if regex:
+        def sub(text: str) -> str:
+            try:
+                return pattern.sub(replacement, text)
+            except re.error as e:  # e.g. \2 with one group: only found once a caption matches
+                raise SdLoraError(f"--replace {replacement!r}: {e}") from None
+        return sub
+    return lambda text: pattern.sub(lambda _: replacement, text)  # literal: no group references or escapes
 
 
 def _tag_op(edit: Callable[[list[str]], list[str]]) -> Callable[[str], str]:

@@ -45,6 +45,8 @@ def test_replace_literal_keeps_backslashes():
 def test_bad_regex_and_trigger_are_clear_errors():
     with pytest.raises(SdLoraError, match="not a valid regular expression"):
         tag_ops.replace_text("(", "x", regex=True)
+    with pytest.raises(SdLoraError, match="invalid group reference"):
+        tag_ops.replace_text("(a)", r"\2", regex=True)("a cat")
     with pytest.raises(SdLoraError, match="without commas"):
         tag_ops.prepend_trigger("a, b")
 
