@@ -96,7 +96,8 @@ def duplicate_groups(hashes: dict[Path, int], max_distance: int = 6) -> list[lis
         return i
 
     for i in range(len(paths) - 1):
-        distances = np.bitwise_count(values[i + 1:] ^ values[i])
+        # popcount via unpackbits: np.bitwise_count needs numpy 2, and sd-lora accepts numpy 1 too
+        distances = np.unpackbits((values[i + 1:] ^ values[i]).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
         for j in np.nonzero(distances <= max_distance)[0]:
             parent[root(i + 1 + int(j))] = root(i)
     groups: dict[int, list[Path]] = {}
