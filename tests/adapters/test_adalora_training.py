@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sd_lora.adapters.adalora import RankBudget
@@ -40,6 +42,23 @@ def test_ranks_change_and_end_within_the_budget(tiny_sd1_dir, data, tmp_path, ca
     assert logged[0] == 6 * modules and logged[-1] <= 2 * modules and logged == sorted(logged, reverse=True)
     assert sum(ranks) <= 2 * modules and len(set(ranks)) > 1 and max(ranks) <= 6
     assert f"unet: {sum(ranks)} ranks over {modules} modules" in out  # the rank table at the end
+
+
+def test_file_records_the_budget_and_inspect_shows_each_module_rank(tiny_sd1_dir, data, tmp_path, capsys):
+    from sd_lora.cli.main import main
+
+    result = run_training(_cfg(tiny_sd1_dir, data, tmp_path / "a"))
+    with safe_open(str(result.adapter_path), "pt") as f:
+        args = json.loads(f.metadata()["ss_network_args"])
+        stored = {k.removesuffix(".lora_down.weight"): f.get_slice(k).get_shape()[0] for k in f.keys()
+                  if k.endswith("lora_down.weight")}
+    assert args["method"] == "adalora" and args["rank_budget"] == "158"
+    assert int(args["ranks_kept"]) == sum(stored.values()) <= 158
+    capsys.readouterr()
+    assert main(["inspect", str(result.adapter_path), "--ranks"]) == 0
+    out = capsys.readouterr().out
+    for name, rank in stored.items():
+        assert re.search(rf"^{name}\s+{rank}\s+\d+$", out, re.M)
 
 
 def test_allocation_runs_once_per_optimiser_step_under_accumulation(tiny_sd1_dir, data, tmp_path, monkeypatch):
