@@ -113,3 +113,26 @@ def test_lycoris_oft_blocks_file_is_refused_by_name(fresh, tmp_path):
 def test_bad_oft_keys_are_named(network, message):
     with pytest.raises(SdLoraError, match=message):
         config_from_dict({"network": {"type": "oft", **network}})
+
+
+def test_bake_resize_and_merge_take_the_files_like_any_lora(fresh, tmp_path):
+    from sd_lora.cli.main import main
+    from sd_lora.models.load import load_pipeline
+    from sd_lora.tools import bake_adapters
+
+    base_dir = tmp_path / "base"
+    fresh("sd1").save_pretrained(str(base_dir))
+    pipe = fresh("sd1")
+    comps = _orthogonal(pipe, METHODS["boft"], seed=4)
+    trained = image(pipe)
+    oft = tmp_path / "boft.safetensors"
+    save_adapter(oft, comps, "sd1", unet_config=dict(pipe.unet.config), save_precision=torch.float32)
+    bake_adapters(str(base_dir), [(oft, 1.0)], tmp_path / "baked", save_precision="fp32")
+    baked = load_pipeline(str(tmp_path / "baked"))[0]
+    baked.set_progress_bar_config(disable=True)
+    assert abs(image(baked) - trained).max() < 1e-4
+    assert main(["resize", str(oft), "-o", str(tmp_path / "small.safetensors"), "--rank", "4"]) == 0
+    assert max(v.shape[0] for k, v in load_file(str(tmp_path / "small.safetensors")).items()
+               if k.endswith("lora_down.weight")) == 4
+    assert main(["merge", f"{oft}:0.5", f"{tmp_path / 'small.safetensors'}:0.5", "-o",
+                 str(tmp_path / "merged.safetensors")]) == 0

@@ -36,6 +36,12 @@ def build_boft_config(spec: AdapterSpec):
     from peft import BOFTConfig
 
     o = spec.options
+    if o["boft_butterfly_factor"] > 1:
+        from peft.tuners.boft.layer import get_fbd_cuda
+
+        if not get_fbd_cuda():  # peft then silently trains with factor 1
+            raise SdLoraError("network.boft_butterfly_factor > 1 needs peft's BOFT CUDA extension (fbd_cuda), which "
+                              "did not load here; without it peft uses 1. Set boft_butterfly_factor = 1")
     return BOFTConfig(boft_block_size=o["oft_block_size"], boft_block_num=o["oft_blocks"],
                       boft_n_butterfly_factor=o["boft_butterfly_factor"], boft_dropout=spec.dropout,
                       target_modules=spec.targets.names, init_weights=True)
