@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=5.0)
     args = p.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    pipe, _ = load_generation_pipeline(args.model, device="cpu", dtype="fp32")
     seeds = tuple(range(args.seeds))
     target = style_statistic(Image.open(f) for f in sorted(args.style_dir.glob("*.png")))
     print(f"style statistic of the style set: {target:.3f}; {len(PROMPTS)} prompts x {len(seeds)} seeds at scale 1\n")
@@ -55,6 +54,7 @@ def main(argv=None) -> int:
     for i, spec in enumerate(args.files):
         name, _, file = spec.partition("=")
         path = Path(file)
+        pipe, _ = load_generation_pipeline(args.model, device="cpu", dtype="fp32")  # files may share a stem (name)
         images = sweep(pipe, path, seeds=seeds, scales=(0.0, 1.0) if i == 0 else (1.0,), steps=args.steps,
                        guidance=args.guidance)
         if i == 0:
