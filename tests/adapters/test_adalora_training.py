@@ -118,3 +118,15 @@ def test_schedule_without_a_pruning_phase_is_refused(tiny_sd1_dir, data, tmp_pat
 def test_bad_adalora_keys_are_named(network, message):
     with pytest.raises(SdLoraError, match=message):
         config_from_dict({"network": {**NETWORK, **network}})
+
+
+@pytest.mark.parametrize("network", [
+    {"tinit": 0, "tfinal": 1},
+    {"type": "oft", "preset": "attn-mlp", "oft_block_size": 8},
+    {"type": "boft", "preset": "full", "oft_block_size": 8},
+], ids=["adalora", "oft", "boft"])
+def test_new_methods_train_on_sdxl_with_both_text_encoders(tiny_sdxl_dir, data, tmp_path, network):
+    result = run_training(_cfg(tiny_sdxl_dir, data, tmp_path / "a", network={"train_text_encoder": True, **network},
+                               max_steps=4))
+    assert result.steps == 4 and result.coverage.complete
+    assert set(result.coverage.applied) == {"unet", "text_encoder", "text_encoder_2"}

@@ -33,6 +33,7 @@ class RankBudget:
         self.config = config
         self.allocator = RankAllocator(self.root, config, adapter_name)
         self.rank_pattern: dict[str, list[bool]] | None = None
+        self._params = [p for n, p in self.root.named_parameters() if "lora_" in n and adapter_name in n]
 
     @property
     def modules(self) -> int:
@@ -47,6 +48,9 @@ class RankBudget:
     def step(self, global_step: int) -> None:
         """After the optimiser step `global_step` (1-based), with its gradients still in place."""
         final = self.config.total_step - self.config.tfinal
+        for p in self._params:
+            if p.grad is None:  # a module outside the graph (SDXL's unused last text-encoder layer): no importance
+                p.grad = torch.zeros_like(p)
         if global_step < final:
             _, pattern = self.allocator.update_and_allocate(self.root, global_step)
             if pattern:
