@@ -139,6 +139,9 @@ class NetworkConfig:
             if self.oft_constraint < 0 or (self.oft_constraint and self.type == "boft"):
                 problems.append(f"network.oft_constraint: must be >= 0 and applies to type 'oft' only, got "
                                 f"{self.oft_constraint}")
+            if self.type == "oft" and self.preset == "full" and not (self.unet_targets or self.unet_target_regex):
+                problems.append("network.preset: 'full' adapts 3x3 convs, which type 'oft' cannot save exactly; use "
+                                "'attn' or 'attn-mlp', or type 'boft'")
             if self.boft_butterfly_factor < 1:
                 problems.append(f"network.boft_butterfly_factor: must be at least 1, got {self.boft_butterfly_factor}")
         return problems

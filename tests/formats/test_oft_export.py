@@ -109,6 +109,7 @@ def test_lycoris_oft_blocks_file_is_refused_by_name(fresh, tmp_path):
     ({"oft_block_size": 0, "oft_blocks": 0}, "set exactly one of them"),
     ({"type": "boft", "oft_constraint": 0.1}, "network.oft_constraint: .* type 'oft' only"),
     ({"type": "boft", "boft_butterfly_factor": 0}, "network.boft_butterfly_factor: must be at least 1"),
+    ({"preset": "full"}, "network.preset: 'full' adapts 3x3 convs, which type 'oft' cannot save exactly"),
 ])
 def test_bad_oft_keys_are_named(network, message):
     with pytest.raises(SdLoraError, match=message):
