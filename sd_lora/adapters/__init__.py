@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import torch
 
-from sd_lora.adapters import loha, lokr, lora
+from sd_lora.adapters import adalora, loha, lokr, lora, oft
 from sd_lora.adapters.blocks import block_targets
 from sd_lora.adapters.spec import AdapterSpec
 from sd_lora.adapters.targets import resolve_targets
 from sd_lora.errors import SdLoraError
 from sd_lora.logs import adding_adapter
 
-__all__ = ["METHODS", "AdapterSpec", "adapter_spec", "build_peft_config", "inject", "trainable_parameters"]
+__all__ = ["METHODS", "AdapterSpec", "method_options", "adapter_spec", "build_peft_config", "inject", "trainable_parameters"]
 
-METHODS = {"lora": lora.build_config, "loha": loha.build_config, "lokr": lokr.build_config}
+METHODS = {"lora": lora.build_config, "loha": loha.build_config, "lokr": lokr.build_config,
+           "adalora": adalora.build_config, "oft": oft.build_oft_config, "boft": oft.build_boft_config}
+# the [network] keys a method reads besides the shared ones
+_OPTIONS = {"adalora": adalora.OPTIONS, "oft": oft.OPTIONS, "boft": oft.OPTIONS}
+
+
+def method_options(method: str) -> tuple[str, ...]:
+    """The [network] keys only `method` reads (none for lora / loha / lokr)."""
+    return _OPTIONS.get(method, ())
 
 
 def adapter_spec(network, model: torch.nn.Module, component: str) -> AdapterSpec:
@@ -32,8 +40,9 @@ def adapter_spec(network, model: torch.nn.Module, component: str) -> AdapterSpec
     ranks, alphas = {}, {}
     if component == "unet":
         targets, ranks, alphas = block_targets(network, targets, model.config.layers_per_block, conv_rank, conv_alpha)
+    options = {key: getattr(network, key) for key in method_options(network.type)}
     return AdapterSpec(targets, network.rank, network.alpha, conv_rank, conv_alpha, network.dropout, network.dora,
-                       network.rslora, network.lokr_factor, ranks, alphas)
+                       network.rslora, network.lokr_factor, ranks, alphas, options)
 
 
 def build_peft_config(method: str, spec: AdapterSpec):

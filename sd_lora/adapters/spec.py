@@ -23,6 +23,7 @@ class AdapterSpec:
     lokr_factor: int = -1
     ranks: dict = field(default_factory=dict)  # per-module rank (block dims), overriding rank / conv_rank
     alphas: dict = field(default_factory=dict)  # per-module alpha (block alphas)
+    options: dict = field(default_factory=dict)  # the method's own keys (adalora's init_r, oft's block size, ...)
 
     def _pattern(self, given: dict, conv_value, default) -> dict:
         # peft matches pattern keys as regexes against module names; use the exact names, escaped.

@@ -34,8 +34,10 @@ class ModelConfig:
 
 @dataclass
 class NetworkConfig:
-    type: Literal["lora", "loha", "lokr"] = _f(
-        "lora", "Adapter method (all through peft): lora (LoCon when conv layers are targeted), loha, lokr.")
+    type: Literal["lora", "loha", "lokr", "adalora", "oft", "boft"] = _f(
+        "lora", "Adapter method (all through peft): lora (LoCon when conv layers are targeted), loha, lokr, adalora "
+        "(rank allocated per module under a budget; saved as a plain LoRA), oft, boft (orthogonal fine-tuning; saved "
+        "as the exact weight update in LoRA form).")
     rank: int = _f(16, "Rank r (the width of the low-rank update).")
     alpha: float = _f(16.0, "Alpha; the update is scaled by alpha / rank (alpha / sqrt(rank) with rslora).")
     conv_rank: int | None = _f(None, "Rank of 3x3 conv layers (LoCon, targeted by preset 'full'); default: rank.")
@@ -43,6 +45,18 @@ class NetworkConfig:
     dora: bool = _f(False, "DoRA: learn a per-output magnitude besides the LoRA direction (type lora only).")
     rslora: bool = _f(False, "Rank-stabilised scaling alpha / sqrt(rank) (type lora only).")
     lokr_factor: int = _f(-1, "LoKr: factor of the Kronecker split (-1: as square as possible).")
+    init_r: int = _f(12, "AdaLoRA: starting rank of every module (peft's init_r).")
+    target_r: int = _f(8, "AdaLoRA: average rank per module at the end; the budget is target_r x modules.")
+    tinit: int = _f(0, "AdaLoRA: steps at the full init_r budget before ranks are pruned.")
+    tfinal: int = _f(0, "AdaLoRA: last steps trained at the final ranks (no more pruning).")
+    deltaT: int = _f(1, "AdaLoRA: steps between two rank allocations.")
+    beta1: float = _f(0.85, "AdaLoRA: smoothing of the importance (sensitivity) moving average.")
+    beta2: float = _f(0.85, "AdaLoRA: smoothing of the importance uncertainty moving average.")
+    adalora_orth_reg: float = _f(0.5, "AdaLoRA: weight of the orthogonality regulariser added to the training loss.")
+    oft_block_size: int = _f(32, "OFT/BOFT: size of each orthogonal block (set this or oft_blocks, the other 0).")
+    oft_blocks: int = _f(0, "OFT/BOFT: number of orthogonal blocks per module (instead of oft_block_size).")
+    oft_constraint: float = _f(0.0, "OFT: constrained OFT (COFT) radius eps; 0: unconstrained.")
+    boft_butterfly_factor: int = _f(1, "BOFT: number of butterfly factors (1: block-diagonal, as OFT).")
     dropout: float = _f(0.0, "Dropout on the adapter path during training.")
     rank_dropout: float = _f(0.0, "Rank dropout (kohya): each step drops each rank channel of every LoRA module's "
                                   "down output with this probability, the rest scaled by 1/(1-p); training only.")
@@ -85,7 +99,7 @@ class NetworkConfig:
                 problems.append(f"network.{name}: must be in [0, 1), got {getattr(self, name)}")
             elif name != "dropout" and getattr(self, name) and self.type != "lora":
                 problems.append(f"network.{name}: only applies to type 'lora', not {self.type!r}")
-        problems += self._check_blocks()
+        problems += self._check_blocks() + self._check_methods()
         if self.unet_targets is not None and not self.unet_targets:
             problems.append("network.unet_targets: must name at least one module (or leave it out to use the preset)")
         if self.unet_targets and self.unet_target_regex:
@@ -103,6 +117,34 @@ class NetworkConfig:
             if getattr(self, flag) and self.type != "lora":
                 problems.append(f"network.{flag}: only applies to type 'lora', not {self.type!r}")
         return finite_first(self, "network", problems)
+
+    def _check_methods(self) -> list[str]:
+        problems = []
+        if self.type == "adalora":
+            if self.target_r < 1 or self.init_r <= self.target_r:
+                problems.append(f"network.target_r / init_r: need 1 <= target_r < init_r, got target_r "
+                                f"{self.target_r}, init_r {self.init_r}")
+            for name in ("tinit", "tfinal", "adalora_orth_reg"):
+                if getattr(self, name) < 0:
+                    problems.append(f"network.{name}: must be >= 0, got {getattr(self, name)}")
+            if self.deltaT < 1:
+                problems.append(f"network.deltaT: must be at least 1, got {self.deltaT}")
+            for name in ("beta1", "beta2"):
+                if not 0 < getattr(self, name) < 1:
+                    problems.append(f"network.{name}: must be in (0, 1), got {getattr(self, name)}")
+        if self.type in ("oft", "boft"):
+            if min(self.oft_block_size, self.oft_blocks) < 0 or (self.oft_block_size > 0) == (self.oft_blocks > 0):
+                problems.append(f"network.oft_block_size / oft_blocks: set exactly one of them (> 0) and the other "
+                                f"to 0, got {self.oft_block_size} / {self.oft_blocks}")
+            if self.oft_constraint < 0 or (self.oft_constraint and self.type == "boft"):
+                problems.append(f"network.oft_constraint: must be >= 0 and applies to type 'oft' only, got "
+                                f"{self.oft_constraint}")
+            if self.type == "oft" and self.preset == "full" and not (self.unet_targets or self.unet_target_regex):
+                problems.append("network.preset: 'full' adapts 3x3 convs, which type 'oft' cannot save exactly; use "
+                                "'attn' or 'attn-mlp', or type 'boft'")
+            if self.boft_butterfly_factor < 1:
+                problems.append(f"network.boft_butterfly_factor: must be at least 1, got {self.boft_butterfly_factor}")
+        return problems
 
     def _check_blocks(self) -> list[str]:
         import math

@@ -32,6 +32,11 @@ DORA_A1111_NOTE = ("DoRA file (dora_scale [out, 1]): AUTOMATIC1111's Lora extens
                    "implements only the [1, in] layout, so it silently computes wrong weights there; use it in "
                    "ComfyUI or sd-lora (or train a plain LoRA for AUTOMATIC1111)")
 
+# LyCORIS / kohya OFT multiplies the weight by a block rotation of its output features; peft's OFT and BOFT rotate
+# the input features, so no peft layer holds such a file exactly.
+LYCORIS_OFT_NOTE = ("a LyCORIS OFT/BOFT file (oft_blocks): it rotates each module's output features and peft's OFT "
+                    "its input features, so sd-lora cannot apply it exactly; use it in ComfyUI or AUTOMATIC1111")
+
 AdapterWeights = dict[str, dict[str, dict[str, torch.Tensor]]]
 
 LORA_PARAMS = ("lora_A", "lora_B")
@@ -80,7 +85,9 @@ def from_community(
     for key, tensor in state_dict.items():
         split = split_community_key(key)
         if split is None:
-            problems.append(f"{key}: unknown tensor kind {key.partition('.')[2]!r}")
+            kind = key.partition(".")[2]
+            problems.append(f"{key}: {LYCORIS_OFT_NOTE}" if kind in ("oft_blocks", "rescale") else
+                            f"{key}: unknown tensor kind {kind!r}")
             continue
         name, param = split
         try:

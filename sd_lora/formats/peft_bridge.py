@@ -27,8 +27,9 @@ def adapted_modules(model: torch.nn.Module, adapter_name: str) -> dict[str, torc
     """{module path: peft layer} of the layers that hold `adapter_name`."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, BaseTunerLayer) and adapter_name in getattr(m, "r", {})}
+    # every method keeps its tensors in dicts keyed by adapter (BOFT has no `r` dict)
+    return {name: m for name, m in model.named_modules() if isinstance(m, BaseTunerLayer) and any(
+        adapter_name in (getattr(m, attr, None) or {}) for attr in m.adapter_layer_names)}
 
 
 def _lora_params(layer, path: str, state: dict, adapter_name: str) -> dict[str, torch.Tensor]:
@@ -53,6 +54,48 @@ def _lycoris_params(layer, path: str, state: dict, adapter_name: str, names) -> 
     return params
 
 
+def _adalora_params(layer, path: str, state: dict, adapter_name: str) -> dict[str, torch.Tensor] | None:
+    """AdaLoRA's B·diag(E)·A · scaling/(ranknum + 1e-5) as a plain LoRA: the triplets the allocator kept (E != 0),
+    E and peft's scale folded into up so that the file's one alpha (lora_alpha) over its rank gives the same ΔW.
+    None when the allocator left the module no rank (the module is omitted)."""
+    down, up, values = (state.pop(f"{path}.{n}") for n in ("lora_A", "lora_B", "lora_E"))
+    kept = values.flatten() != 0
+    rank = int(kept.sum())
+    if rank == 0:
+        return None
+    alpha = float(layer.lora_alpha[adapter_name])
+    scale = layer.scaling[adapter_name] / (layer.ranknum[adapter_name].detach() + 1e-5)
+    down, up = down[kept], up[:, kept] * values[kept].reshape(1, rank) * (scale * rank / alpha)
+    weight = layer.get_base_layer().weight
+    if weight.ndim == 4:
+        down, up = down.reshape(rank, *weight.shape[1:]), up.reshape(*up.shape, 1, 1)
+    return {"lora_A": down.contiguous(), "lora_B": up.contiguous(), "alpha": torch.tensor(alpha)}
+
+
+def _orthogonal_params(layer, path: str, state: dict, adapter_name: str) -> dict[str, torch.Tensor]:
+    """OFT / BOFT as the exact weight update in LoRA form (rank min(out, in·k·k), alpha = rank, scale 1).
+
+    peft rotates the input features (W' = W Rᵀ, BOFT also scales each output row); LyCORIS `oft_blocks` files
+    rotate the output features, so no `oft_blocks` file reproduces a peft-trained module."""
+    for key in [k for k in state if k.startswith(f"{path}.oft_") or k.startswith(f"{path}.boft_")]:
+        state.pop(key)
+    weight = layer.get_base_layer().weight.detach()
+    flat = weight.reshape(weight.shape[0], -1).float()
+    if hasattr(layer, "boft_R"):
+        rotation, scale = layer.get_delta_weight(adapter_name)
+        rotated = (flat @ rotation.detach().float().T) * scale.detach().float()
+    else:
+        rotated = flat @ layer.get_delta_weight(adapter_name).detach().float().T
+    delta = rotated - flat
+    out, inner = delta.shape
+    rank = min(out, inner)
+    eye = torch.eye(rank, dtype=delta.dtype, device=delta.device)
+    up, down = (eye, delta) if out <= inner else (delta, eye)
+    if weight.ndim == 4:
+        down, up = down.reshape(rank, *weight.shape[1:]), up.reshape(out, rank, 1, 1)
+    return {"lora_A": down.contiguous(), "lora_B": up.contiguous(), "alpha": torch.tensor(float(rank))}
+
+
 def _collect_one(model: torch.nn.Module, component: str, adapter_name: str) -> dict[str, dict[str, torch.Tensor]]:
     from peft import get_peft_model_state_dict
 
@@ -64,6 +107,12 @@ def _collect_one(model: torch.nn.Module, component: str, adapter_name: str) -> d
             params = _lycoris_params(layer, path, state, adapter_name, LOHA_PARAMS)
         elif ".lokr." in kind:
             params = _lycoris_params(layer, path, state, adapter_name, LOKR_PARAMS)
+        elif ".adalora." in kind:
+            params = _adalora_params(layer, path, state, adapter_name)
+            if params is None:
+                continue
+        elif ".oft." in kind or ".boft." in kind:
+            params = _orthogonal_params(layer, path, state, adapter_name)
         else:
             params = _lora_params(layer, path, state, adapter_name)
         modules[canonical_text_encoder_path(path) if component != "unet" else path] = params

@@ -97,16 +97,25 @@ def run_fingerprint(cfg, scan) -> dict:
                     "unet_targets": n.unet_targets, "unet_target_regex": n.unet_target_regex,
                     "train_text_encoder": n.train_text_encoder, "text_encoder_targets": n.text_encoder_targets,
                     "lokr_factor": n.lokr_factor, "block_dims": n.block_dims, "conv_block_dims": n.conv_block_dims,
-                    "block_alphas": n.block_alphas, "conv_block_alphas": n.conv_block_alphas},
+                    "block_alphas": n.block_alphas, "conv_block_alphas": n.conv_block_alphas,
+                    **_method_keys(n)},
         "dataset": data.hexdigest()[:16],
         "seed": t.seed,
         "optimizer": t.optimizer,
     }
 
 
+def _method_keys(network) -> dict:
+    """The keys of the methods that have their own (only for them, so older LoRA states still match)."""
+    from sd_lora.adapters import method_options
+
+    return {key: getattr(network, key) for key in method_options(network.type)}
+
+
 # network fields that decide the tensors' names and shapes: train.resume_ignore_mismatch cannot override these
 _SHAPE = ("type", "rank", "conv_rank", "dora", "preset", "unet_targets", "unet_target_regex", "train_text_encoder",
-          "text_encoder_targets", "lokr_factor", "block_dims", "conv_block_dims")
+          "text_encoder_targets", "lokr_factor", "block_dims", "conv_block_dims", "init_r", "oft_block_size",
+          "oft_blocks", "boft_butterfly_factor")
 
 
 def check_fingerprint(state: Path, saved: dict, current: dict, ignore_mismatch: bool) -> list[str]:

@@ -27,6 +27,14 @@ def training_facts(recipe) -> dict:
     if n.block_lr_weights:  # kohya's names: 12 down, 1 mid, 12 up
         w = [f"{v:g}" for v in n.block_lr_weights]
         network_args.update(down_lr_weight=",".join(w[:12]), mid_lr_weight=w[12], up_lr_weight=",".join(w[13:]))
+    budget = getattr(recipe, "rank_budget", None)
+    if budget is not None:  # the method and its budget; the file itself is a plain LoRA with per-module ranks
+        kept = sum(sum(m.values()) for m in budget.ranks().values())
+        network_args.update(method="adalora", init_r=n.init_r, target_r=n.target_r,
+                            rank_budget=budget.allocator.target_bgt, ranks_kept=kept)
+    elif n.type in ("oft", "boft"):
+        network_args.update(method=n.type, oft_block_size=n.oft_block_size, oft_blocks=n.oft_blocks,
+                            saved_as="exact weight update in LoRA form")
     tags: dict = {}
     for sub in sc.subsets:
         counts = tags.setdefault(sub.spec.dir.name, {})

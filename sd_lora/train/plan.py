@@ -24,5 +24,14 @@ def print_plan(cfg) -> None:
     for warning in scan.warnings:
         print(f"warning: {warning}")
     print(format_plan(plan_for(cfg, scan)))
-    print(f"Model: {describe_source(cfg.model.pretrained, cfg.model.revision)} · network: {cfg.network.type} rank {cfg.network.rank} alpha "
-          f"{cfg.network.alpha} ({cfg.network.preset}) · output: {cfg.output.dir}/{cfg.output.name}.safetensors")
+    print(f"Model: {describe_source(cfg.model.pretrained, cfg.model.revision)} · network: {_network(cfg.network)} "
+          f"({cfg.network.preset}) · output: {cfg.output.dir}/{cfg.output.name}.safetensors")
+
+
+def _network(n) -> str:
+    if n.type == "adalora":  # the budget: each module starts at init_r, the average ends at target_r
+        return f"adalora ranks init_r {n.init_r} -> budget target_r {n.target_r} x modules, alpha {n.alpha}"
+    if n.type in ("oft", "boft"):
+        blocks = f"block size {n.oft_block_size}" if n.oft_block_size else f"{n.oft_blocks} blocks"
+        return f"{n.type} {blocks}"
+    return f"{n.type} rank {n.rank} alpha {n.alpha}"

@@ -42,23 +42,27 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
 
-    def log(self, loss: float, lrs: dict[str, float], s_per_step: float, grad_norm: float | None) -> None:
-        """One logged optimiser step: the bar's postfix or a plain line, and a metrics line."""
+    def log(self, loss: float, lrs: dict[str, float], s_per_step: float, grad_norm: float | None,
+            extra: dict[str, int | float] | None = None) -> None:
+        """One logged optimiser step: the bar's postfix or a plain line, and a metrics line (`extra`: method values
+        such as AdaLoRA's rank budget, shown on the line and recorded)."""
         if not self.enabled:
             return
         first_lr = next(iter(lrs.values()))
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{first_lr:.2e}", s_per_step=f"{s_per_step:.2f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{first_lr:.2e}", s_per_step=f"{s_per_step:.2f}",
+                                 **(extra or {}))
         else:
             done = self.step - self.first_step
             eta = (time.perf_counter() - self.started) / done * (self.total - self.step) if done else 0.0
+            more = "".join(f"  {k} {v}" for k, v in (extra or {}).items())
             print(f"step {self.step}/{self.total}  loss {loss:.4f}  lr {first_lr:.2e}  {s_per_step:.2f} s/step  "
-                  f"ETA {format_duration(eta)}", file=sys.stdout, flush=True)
+                  f"ETA {format_duration(eta)}{more}", file=sys.stdout, flush=True)
         record = {"step": self.step, "loss": loss, "lr": {k.removeprefix("lr/"): v for k, v in lrs.items()},
                   "s_per_step": s_per_step}
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
-        self._write(record)
+        self._write({**record, **(extra or {})})
 
     def validation(self, loss: float) -> None:
         if self.enabled:

@@ -86,6 +86,7 @@ class LoRARecipe:
         self._setup_adapters()
         self._setup_dataloader()
         self._setup_optimizer()
+        self._setup_rank_budget()
         speed.apply_speed_options(self)  # compile, channels-last, CPU allocator (sd_lora.train.speed)
         self._setup_trackers()
         if self.cfg.train.resume:
@@ -232,6 +233,18 @@ class LoRARecipe:
                                       zip(["text_encoder", "text_encoder_2"], self.text_encoders)]
         checkpoint.install_adapter_only_hooks(self.accelerator, self.component_names)
 
+    def _setup_rank_budget(self) -> None:
+        """AdaLoRA: the rank allocator that peft's injection drops, one budget over every trained component; its
+        importance averages and final pattern are part of the resumable state."""
+        self.rank_budget = None
+        if self.cfg.network.type == "adalora":
+            from sd_lora.adapters.adalora import RankBudget
+
+            self.rank_budget = RankBudget({name: self.accelerator.unwrap_model(model) for name, model in
+                                           zip(self.component_names, self.trained)}, self.max_steps)
+            self.accelerator.register_for_checkpointing(self.rank_budget)
+            self.accelerator.print(self.rank_budget.describe())
+
     def _setup_trackers(self) -> None:
         if self.accelerator.log_with:
             trackers.init_trackers(self.accelerator, self.cfg, self.out_dir)
@@ -308,11 +321,13 @@ class LoRARecipe:
                     f"training loss became {loss.item()} at step {self.state.global_step + 1} (batch: "
                     f"{', '.join(map(str, batch.get('keys', [])))[:200]}); nothing was saved from this step, the last "
                     "saved adapter is intact. Lower train.learning_rate, or use mixed_precision = 'bf16' instead of 'fp16'")
-            acc.backward(loss)
+            acc.backward((loss + self.rank_budget.orthogonality_penalty()) if self.rank_budget else loss)
             if acc.sync_gradients and t.max_grad_norm > 0:
                 self.grad_norm = acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                      t.max_grad_norm)
             self.optimizer.step()
+            if self.rank_budget and acc.sync_gradients:  # on the accumulated gradients, before they are cleared
+                self.rank_budget.step(self.state.global_step + 1)
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach().item()
 
@@ -395,9 +410,10 @@ class LoRARecipe:
         lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         sec_per_step = sec_per_micro * self.cfg.train.gradient_accumulation_steps
         grad_norm = float(self.grad_norm) if getattr(self, "grad_norm", None) is not None else None
-        bar.log(step_loss, lrs, sec_per_step, grad_norm)
+        extra = self.rank_budget.log_values(self.state.global_step) if self.rank_budget else None
+        bar.log(step_loss, lrs, sec_per_step, grad_norm, extra)
         if self.accelerator.log_with:
-            values = {"loss": step_loss, "steps_per_second": 1 / max(sec_per_step, 1e-9), **lrs}
+            values = {"loss": step_loss, "steps_per_second": 1 / max(sec_per_step, 1e-9), **lrs, **(extra or {})}
             if grad_norm is not None:
                 values["grad_norm"] = grad_norm
             self.accelerator.log(values, step=self.state.global_step)
@@ -474,6 +490,10 @@ class LoRARecipe:
             if self.cfg.sample.every_n_steps:
                 self.sample()
             print(result.coverage.summary())
+            if self.rank_budget:
+                from sd_lora.adapters.adalora import format_rank_table
+
+                print(format_rank_table(self.rank_budget.ranks(), self.cfg.network.init_r))
         self.accelerator.wait_for_everyone()
         return result
 
