@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "resize": "resize",
     "extract": "extract",
     "bake": "bake",
+    "studio": "studio",
 }
 
 
