@@ -142,3 +142,24 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory) -> Path:
+    """Two small trained adapters, `night` and `night_neg` (the same with its up weights negated)."""
+    from safetensors.torch import load_file, save_file
+
+    from sd_lora.cli.main import main
+
+    base = tmp_path_factory.mktemp("loras")
+    data = make_dataset(base / "data")
+    assert main(["train", "--set", f"data.dir={data}", "--set", "data.resolution=32", "--set", "network.rank=4",
+                 "--set", "train.max_steps=4", "--set", "train.batch_size=2", "--set", "train.learning_rate=0.01",
+                 "--set", f"output.dir={base / 'out'}", "--set", "output.name=night", "--set", "output.log_with='none'",
+                 "--set", "output.save_state_at_end=false"]) == 0
+    folder = base / "loras"
+    folder.mkdir()
+    tensors = load_file(base / "out" / "night.safetensors")
+    save_file(tensors, folder / "night.safetensors")
+    save_file({k: -v if "lora_up" in k else v for k, v in tensors.items()}, folder / "night_neg.safetensors")
+    return folder
