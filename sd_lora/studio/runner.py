@@ -23,9 +23,28 @@ from sd_lora.studio import forms
 from sd_lora.studio.db import ACTIVE, RESUMABLE, Store
 from sd_lora.studio.paths import Roots
 
-__all__ = ["Runner", "run_dir", "has_state"]
+__all__ = ["Runner", "run_dir", "has_state", "BASELINE"]
 
 _PR_SET_PDEATHSIG = 1
+BASELINE = "step-000000"  # the base model's images for the sample prompts, before any training
+
+
+def _baseline_command(cfg, folder: Path, out: Path) -> list[str]:
+    """`sd-lora generate` of the run's sample prompts on the bare base model (the gallery's step 0), with the
+    seeds, size and sampler the training samples use."""
+    import json
+
+    s = cfg.sample
+    prompts = folder / "baseline_prompts.jsonl"
+    rows = [{"prompt": p, "negative_prompt": s.negative_prompt, "seed": s.seed + i, "steps": s.steps,
+             "guidance": s.guidance_scale, "width": s.width or cfg.data.resolution,
+             "height": s.height or cfg.data.resolution} for i, p in enumerate(s.prompts)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cmd = [sys.executable, "-m", "sd_lora", "generate", "--model", cfg.model.pretrained, "--prompt-file", str(prompts),
+           "--scheduler", s.scheduler, "--out", str(out)]
+    if cfg.train.clip_skip:
+        cmd += ["--clip-skip", str(cfg.train.clip_skip)]
+    return cmd
 
 
 def run_dir(home: Path, run_id: int) -> Path:
@@ -74,6 +93,7 @@ class Runner:
         self.poll_s = poll_s
         self.procs: dict[int, subprocess.Popen] = {}
         self._requested: dict[int, str] = {}  # run id -> "stop" while its SIGINT is being answered
+        self._phase: dict[int, str] = {}  # run id -> "baseline" (step-0 samples) or "train"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -194,10 +214,18 @@ class Runner:
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / "config.toml"
         atomic_write_text(config_path, forms.run_config_text(cfg, out_dir))
-        cmd = [sys.executable, "-m", "sd_lora", "train", "--config", str(config_path)]
         resumed = has_state(out_dir)
+        baseline = out_dir / "samples" / BASELINE
+        if not resumed and cfg.sample.every_n_steps and cfg.sample.prompts and not baseline.exists():
+            self._spawn(run, _baseline_command(cfg, folder, baseline), "baseline", "rendering the step-0 baseline")
+            return
+        cmd = [sys.executable, "-m", "sd_lora", "train", "--config", str(config_path)]
         if resumed:
             cmd += ["--set", "train.resume=latest"]
+        self._spawn(run, cmd, "train", "resumed from its last state" if resumed else "")
+
+    def _spawn(self, run, cmd: list[str], phase: str, message: str) -> None:
+        folder = run_dir(self.home, run.id)
         env = dict(os.environ)
         package_parent = str(Path(sd_lora.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join([package_parent, *filter(None, [env.get("PYTHONPATH")])])
@@ -209,17 +237,26 @@ class Runner:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     cwd=str(folder), start_new_session=True, preexec_fn=_death_signal())
         except OSError as e:
-            self.store.update(run.id, status="failed", message=f"could not start sd-lora train: {e}")
+            self.store.update(run.id, status="failed", message=f"could not start {cmd[3]}: {e}")
             return
         finally:
             log.close()
         with self._lock:
             self.procs[run.id] = proc
+            self._phase[run.id] = phase
         self.store.update(run.id, status="running", pid=proc.pid, started=run.started or time.time(), finished=None,
-                          returncode=None, message="resumed from its last state" if resumed else "")
+                          returncode=None, message=message)
 
     def _finished(self, run_id: int, returncode: int) -> None:
         requested = self._requested.pop(run_id, None)
+        phase = self._phase.pop(run_id, "train")
+        if phase == "baseline" and requested is None:
+            # the baseline is a preview: without it the run still trains (its error stays in the log)
+            baseline = run_dir(self.home, run_id) / "output" / "samples" / BASELINE
+            if returncode != 0:
+                baseline.mkdir(parents=True, exist_ok=True)  # not tried again on resume
+            self.store.update(run_id, status="queued", position=self.store.front_position(), pid=None)
+            return
         log = run_dir(self.home, run_id) / "train.log"
         if requested == "stop":
             message = "stopped; its state is saved" if has_state(run_dir(self.home, run_id) / "output") else \

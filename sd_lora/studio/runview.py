@@ -62,15 +62,24 @@ def progress(out_dir: Path, log: Path, max_steps: int | None) -> dict:
             "samples": sample_steps(out_dir)}
 
 
-def sample_steps(out_dir: Path) -> list[int]:
+def sample_steps(out_dir: Path) -> list[dict]:
+    """[{"step": N, "images": [paths relative to the output folder]}]: each step's grid, and step 0 (the base model
+    before training, rendered by `sd-lora generate`) as its grid or its images."""
     folder = out_dir / "samples"
-    steps = []
-    if folder.is_dir():
-        for p in folder.glob("step*.png"):
-            m = re.fullmatch(r"step(\d+)\.png", p.name)
-            if m:
-                steps.append(int(m.group(1)))
-    return sorted(steps)
+    found = []
+    if not folder.is_dir():
+        return found
+    baseline = folder / "step-000000"
+    if baseline.is_dir():
+        grids = sorted(baseline.glob("grid-*.png"))
+        images = grids or sorted(p for p in baseline.glob("*.png"))
+        if images:
+            found.append({"step": 0, "images": [p.relative_to(out_dir).as_posix() for p in images]})
+    for p in sorted(folder.glob("step*.png")):
+        m = re.fullmatch(r"step(\d+)\.png", p.name)
+        if m:
+            found.append({"step": int(m.group(1)), "images": [p.relative_to(out_dir).as_posix()]})
+    return sorted(found, key=lambda e: e["step"])
 
 
 def output_files(out_dir: Path) -> list[tuple[str, int]]:

@@ -40,14 +40,26 @@ def test_run_from_the_form_reports_progress_samples_and_files(make_client, data_
     assert s["losses"] == [[m["step"], m["loss"]] for m in metrics if "loss" in m]
     assert s["validation"] == [[m["step"], m["validation_loss"]] for m in metrics if "validation_loss" in m]
     assert [v[0] for v in s["validation"]] == [2, 4]
-    assert s["samples"] == [2, 4]
+    assert [e["step"] for e in s["samples"]] == [0, 2, 4]
+    assert s["samples"][1:] == [{"step": 2, "images": ["samples/step000002.png"]},
+                                {"step": 4, "images": ["samples/step000004.png"]}]
+    # step 0: the sample prompt on the bare base model, same seed and size as the training samples
+    (baseline,) = s["samples"][0]["images"]
+    from PIL import Image
+
+    from sd_lora.inference import read_parameters
+
+    with Image.open(out / baseline) as im:
+        assert im.size == (32, 32)
+    parameters = read_parameters(out / baseline)
+    assert parameters.startswith("a red circle\n") and "Seed: 0" in parameters and "Lora" not in parameters
     names = [name for name, _ in s["files"]]
     assert "shapes.safetensors" in names and "logs/metrics.jsonl" in names
     assert c.get("/runs/1/files/shapes.safetensors").content == (out / "shapes.safetensors").read_bytes()
     grid = c.get("/runs/1/files/samples/step000004.png")
     assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
     page = c.get("/runs/1").text
-    assert '<polyline class="loss"' in page and 'class="val"' in page and "step000002.png" in page
+    assert '<polyline class="loss"' in page and 'class="val"' in page and "step000002.png" in page and "(baseline: the base model)" in page
     runs_page = c.get("/runs").text
     assert '<a href="/runs/1">shapes</a>' in runs_page and '<td class="status">done</td>' in runs_page
     # the finished run's adapter is listed for generation, with inspect's facts

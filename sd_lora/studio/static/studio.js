@@ -34,11 +34,11 @@ const studio = {
       const gallery = document.getElementById("gallery");
       if (s.samples.length && gallery.dataset.count !== String(s.samples.length)) {
         gallery.dataset.count = String(s.samples.length);
-        gallery.innerHTML = s.samples.map(step => {
-          const url = `/runs/${id}/files/samples/step${String(step).padStart(6, "0")}.png`;
-          return `<figure><a href="${url}"><img src="${url}?v=${s.step}" alt="samples at step ${step}"></a>` +
-                 `<figcaption>step ${step}${step === 0 ? " (baseline)" : ""}</figcaption></figure>`;
-        }).join("");
+        gallery.innerHTML = s.samples.map(entry => entry.images.map(image => {
+          const url = `/runs/${id}/files/${image}`;
+          return `<figure><a href="${url}"><img src="${url}?v=${s.step}" alt="samples at step ${entry.step}"></a>` +
+                 `<figcaption>step ${entry.step}${entry.step === 0 ? " (baseline: the base model)" : ""}</figcaption></figure>`;
+        }).join("")).join("");
       }
       document.getElementById("files").innerHTML = s.files.length ? s.files.map(([name, size]) =>
         `<li><a href="/runs/${id}/files/${name}" download>${name}</a> (${size} bytes)</li>`).join("") :
