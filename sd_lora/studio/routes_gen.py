@@ -41,8 +41,8 @@ def router(studio, page) -> APIRouter:
                     adapters=sorted(studio.adapters()), samplers=list(SCHEDULERS), **context)
 
     @r.get("/generate")
-    async def generate_form(request: Request):
-        return gen_page(request, form={})
+    async def generate_form(request: Request, lora: str | None = None):
+        return gen_page(request, form={f"lora:{lora}": "1"} if lora else {})
 
     @r.post("/generate")
     async def generate(request: Request):

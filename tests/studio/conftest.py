@@ -159,7 +159,12 @@ def lora_dir(tmp_path_factory) -> Path:
                  "--set", "output.save_state_at_end=false"]) == 0
     folder = base / "loras"
     folder.mkdir()
-    tensors = load_file(base / "out" / "night.safetensors")
-    save_file(tensors, folder / "night.safetensors")
-    save_file({k: -v if "lora_up" in k else v for k, v in tensors.items()}, folder / "night_neg.safetensors")
+    from safetensors import safe_open
+
+    trained = base / "out" / "night.safetensors"
+    with safe_open(str(trained), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(trained)
+    save_file(tensors, folder / "night.safetensors", metadata)
+    save_file({k: -v if "lora_up" in k else v for k, v in tensors.items()}, folder / "night_neg.safetensors", metadata)
     return folder

@@ -64,7 +64,14 @@ def test_run_from_the_form_reports_progress_samples_and_files(make_client, data_
     assert '<a href="/runs/1">shapes</a>' in runs_page and '<td class="status">done</td>' in runs_page
     # the finished run's adapter is listed for generation, with inspect's facts
     adapters = c.get("/adapters").text
-    assert "shapes-run1" in adapters and "sd1" in adapters
+    row = adapters[adapters.index('<tr data-adapter="shapes-run1">'):]
+    row = row[:row.index("</tr>")]
+    assert '<td class="family">sd1</td>' in row and '<td class="rank">4 / 4.0</td>' in row
+    assert '<td class="modules">unet 32</td>' in row
+    from sd_lora.inference import lora_hash
+
+    assert f"<code>{lora_hash(out / 'shapes.safetensors')}</code>" in row  # the hash A1111 shows (AutoV3)
+    assert c.get("/generate", params={"lora": "shapes-run1"}).text.count('value="1"') >= 2  # slider and box at 1
 
 
 def test_stop_then_resume_gives_the_same_adapter_as_an_uninterrupted_run(make_client, data_root):
