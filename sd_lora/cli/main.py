@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "captions": "captions",
     "masks": "masks",
     "dataset-report": "dataset_report",
+    "studio": "studio",
 }
 
 
