@@ -57,8 +57,10 @@ class TrainResult:
 
 
 class LoRARecipe:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, overwrite: bool = False):
         self.cfg = cfg
+        self.overwrite = overwrite  # replace an earlier run in output.dir (otherwise refused unless resuming)
+        self.replaced: Path | None = None  # where that run's files wait until this run's adapter is saved
         self.losses: list[float] = []
         self.step_times: list[float] = []  # perf_counter() at the end of each optimiser step
         self.signals = StopSignals()
@@ -96,6 +98,9 @@ class LoRARecipe:
         if self.accelerator.is_main_process:
             preflight.check_output_dir(self.out_dir)
             self.lock.acquire()
+            earlier = preflight.check_previous_run(self.out_dir, self.cfg.output.name, self.cfg.train.resume,
+                                                   self.overwrite)
+            self.replaced = preflight.set_aside_previous_run(self.out_dir, earlier)
         self.accelerator.wait_for_everyone()
 
     def _setup_data_scan(self) -> None:
@@ -436,6 +441,7 @@ class LoRARecipe:
                 self._export(self.out_dir / f"{o.name}-step{step:06d}.safetensors")
                 checkpoint.prune(self.out_dir, o.save_last_n, o.name)
             self.accelerator.wait_for_everyone()
+        self._drop_replaced()  # this run has files of its own now
 
     def sample(self) -> Path | None:
         from sd_lora.train.samples import render_samples
@@ -474,6 +480,7 @@ class LoRARecipe:
             if self.cfg.sample.every_n_steps:
                 self.sample()
             print(result.coverage.summary())
+        self._drop_replaced()
         self.accelerator.wait_for_everyone()
         return result
 
@@ -482,15 +489,26 @@ class LoRARecipe:
         args = " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]) or "train --config CONFIG"
         return f"sd-lora {args} --set train.resume=latest"
 
+    def _drop_replaced(self) -> None:
+        if self.replaced is not None:
+            import shutil
+
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
     def cleanup(self) -> None:
+        if self.replaced is not None:  # this run saved nothing: the earlier run stays as it was
+            preflight.restore_previous_run(self.out_dir, self.replaced)
         self.signals.restore()
         self.lock.release()
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
 
 
-def run_training(cfg: Config) -> TrainResult:
-    recipe = LoRARecipe(cfg)
+def run_training(cfg: Config, overwrite: bool = False) -> TrainResult:
+    """Train as `cfg` says. An earlier run in output.dir is an error unless train.resume continues it or
+    `overwrite` replaces it."""
+    recipe = LoRARecipe(cfg, overwrite=overwrite)
     try:
         recipe.setup()
         recipe.train()
