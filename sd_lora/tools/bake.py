@@ -52,6 +52,11 @@ class BakeReport:
         return f"baked {parts} into {self.output} ({self.kind}, {self.family}, {self.route}) in {self.seconds:.0f} s"
 
 
+# What a diffusers pipeline folder holds: a folder of only these (with model_index.json) is an earlier output.
+_MODEL_ENTRIES = {"model_index.json", "unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                  "scheduler", "feature_extractor", "safety_checker", "image_encoder"}
+
+
 def _check_paths(model, loras, output: Path) -> None:
     for src in [model, *[p for p, _ in loras]]:
         if isinstance(src, (str, Path)) and Path(src).exists() and (
@@ -59,6 +64,12 @@ def _check_paths(model, loras, output: Path) -> None:
             raise SdLoraError(f"{output}: the output path is also an input; write to another path.")
     if output.suffix == ".safetensors" and output.is_dir():
         raise SdLoraError(f"{output}: is a directory; a single-file output needs a file name.")
+    if output.suffix != ".safetensors" and output.is_dir():
+        others = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir() if p.name not in _MODEL_ENTRIES)
+        if others or (any(output.iterdir()) and not (output / "model_index.json").is_file()):
+            raise SdLoraError(f"{output}: the folder already holds files that are not a diffusers model "
+                              f"({', '.join(others[:5]) or 'no model_index.json'}); the baked model replaces the "
+                              "whole folder, so choose a new or empty folder. Nothing was written.")
 
 
 def _free_space(path: Path, need: int) -> None:
@@ -187,7 +198,9 @@ def _save_folder(pipe, out: Path) -> None:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
-            raise SdLoraError(f"{out}: could not write the folder ({e}); nothing was changed.") from None
+            raise SdLoraError(f"{out}: could not write the folder: {e.strerror or e}"
+                              f"{f' ({e.filename})' if e.filename else ''}; nothing was changed. Free some space or "
+                              "fix the permissions, or choose another output folder.") from None
         raise
 
 
