@@ -82,6 +82,16 @@ def _specs(args):
     return specs
 
 
+def _check_lora_names(args, loras, specs) -> None:
+    """Every adapter name resolves (prompt names only inside --lora-dir) before the model loads."""
+    from sd_lora.inference import AdapterSet
+    from sd_lora.inference.prompts import parse_prompt
+
+    names = AdapterSet(None, lora_dir=args.lora_dir)
+    for ref in [*loras, *(r for spec in specs for r in [*spec.loras, *parse_prompt(spec.prompt)[1]])]:
+        names.resolve(ref.name, ref.in_folder)
+
+
 def _check_args(args) -> None:
     """Everything about the command line that can be wrong, before any model loads."""
     for flag, value in (("--width", args.width), ("--height", args.height)):
@@ -247,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(text) for text in args.lora]
     defaults = _adapter_defaults(args, loras)
     specs, ranges = _specs(args), _seed_ranges(args)
+    _check_lora_names(args, loras, specs)
     out = Path(args.out)
     _check_out(out)
     count, requests, firsts = _requests(args, specs, ranges, [] if (args.fuse or args.sweep) else loras)

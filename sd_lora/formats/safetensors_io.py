@@ -30,12 +30,14 @@ def _check_header(path: Path, blob_head: bytes, size: int) -> dict:
                           "8-byte header length). Re-download or re-export it.")
     (n,) = struct.unpack("<Q", blob_head[:8])
     if n > size - 8:
-        raise SdLoraError(f"{path}: header length {n} is larger than the file ({size} bytes): the file is "
-                          "truncated or not a safetensors file.")
+        # the number is the file's first 8 bytes: never shown (it would echo a text file's contents)
+        raise SdLoraError(f"{path}: the header length in its first 8 bytes is larger than the file ({size} bytes): "
+                          "the file is truncated or not a safetensors file.")
     try:
         header = json.loads(blob_head[8:8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SdLoraError(f"{path}: the safetensors header is not valid JSON ({e}); the file is damaged "
+        where = f"byte {e.start}" if isinstance(e, UnicodeDecodeError) else f"character {e.pos}"
+        raise SdLoraError(f"{path}: the safetensors header is not valid JSON (at {where}); the file is damaged "
                           "or not a safetensors file.") from None
     if not isinstance(header, dict):
         raise SdLoraError(f"{path}: the safetensors header is not a JSON object.")
@@ -89,7 +91,10 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad or unsafe pickles
-        raise SdLoraError(f"{path}: could not load the pickled checkpoint with weights_only=True: {e}") from None
+        # torch's message quotes the pickle's opcodes and names: file contents, never shown
+        raise SdLoraError(f"{path}: could not load it as a pickled checkpoint of tensors (torch.load with "
+                          f"weights_only=True refused it: {type(e).__name__}); it is damaged, not a checkpoint, or "
+                          "holds more than tensors. Convert it to .safetensors where it was made.") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
