@@ -16,9 +16,11 @@ import torch
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_bytes
 
-__all__ = ["read_tensor_file", "serialize", "write_safetensors", "data_region", "PICKLE_SUFFIXES"]
+__all__ = ["read_tensor_file", "diffusers_lora_file", "DIFFUSERS_LORA_FILES", "serialize", "write_safetensors",
+           "data_region", "PICKLE_SUFFIXES"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+DIFFUSERS_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 _ZIP_MAGIC = b"PK\x03\x04"
 _SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
           "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -102,9 +104,23 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def read_tensor_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a .safetensors file, or of a pickled checkpoint when `allow_pickle`."""
+def diffusers_lora_file(path: str | Path) -> Path:
+    """The weights file of a diffusers LoRA folder (`pipe.save_lora_weights(dir)`); any other path as it is."""
     path = Path(path)
+    if path.is_dir():
+        for name in DIFFUSERS_LORA_FILES:
+            if (path / name).is_file():
+                return path / name
+    return path
+
+
+def read_tensor_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file, or of a pickled checkpoint when `allow_pickle`. A diffusers
+    LoRA folder (what `save_lora_weights` writes) is read as its weights file."""
+    path = diffusers_lora_file(path)
+    if path.is_dir():
+        raise SdLoraError(f"{path}: is a folder, but neither a peft adapter folder (adapter_config.json) nor a "
+                          f"diffusers LoRA folder ({' or '.join(DIFFUSERS_LORA_FILES)}); give the adapter file")
     if not path.is_file():
         raise SdLoraError(f"{path}: no such file.")
     if _looks_pickled(path):
