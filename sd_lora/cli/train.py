@@ -44,7 +44,9 @@ def _validate(cfg, dumped: str) -> int:
 def run(args) -> int:
     from sd_lora.config.load import dump_config, load_config
 
-    cfg = load_config(args.config, args.overrides)
+    from sd_lora.train.plan import with_model_defaults
+
+    cfg = with_model_defaults(load_config(args.config, args.overrides))
     if args.validate:
         return _validate(cfg, dump_config(cfg))
     if args.dry_run:

@@ -155,6 +155,10 @@ class LoRARecipe:
             if not getattr(model, "is_quantized", False):
                 model.to(device, dtype=weight_dtype)
         self.vae.to(dtype=torch.float32)  # the SD VAE overflows in fp16; it runs once per image
+        if device.type == "cpu":
+            from sd_lora.train.threads import apply_cpu_threads
+
+            self.accelerator.print(apply_cpu_threads(t.cpu_threads, sum(p.numel() for p in self.unet.parameters())))
         if t.attention == "xformers":
             self.unet.enable_xformers_memory_efficient_attention()
         if t.gradient_checkpointing:
@@ -207,7 +211,10 @@ class LoRARecipe:
         dataset = build_dataset(d, self.scan, split="train", seed=t.seed,
                                 count_tokens=lambda text: len(tok(text).input_ids) - 2,
                                 max_tokens=d.max_token_length or tok.model_max_length - 2)
-        setup_caches(self, dataset)
+        with write_errors(f"the disk cache ({d.dir or 'the data folders'}/.sd_lora_cache/)",
+                          ", or keep the caches in memory (data.cache_latents_to_disk = false, "
+                          "data.cache_text_encoder_outputs_to_disk = false). Nothing was trained"):
+            setup_caches(self, dataset)
         loader = dict(seed=t.seed, num_workers=d.num_workers, num_processes=acc.num_processes,
                       process_index=acc.process_index, **loader_options(d, acc.device))
         self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, **loader)
@@ -508,7 +515,9 @@ class LoRARecipe:
 def run_training(cfg: Config, overwrite: bool = False) -> TrainResult:
     """Train as `cfg` says. An earlier run in output.dir is an error unless train.resume continues it or
     `overwrite` replaces it."""
-    recipe = LoRARecipe(cfg, overwrite=overwrite)
+    from sd_lora.train.plan import with_model_defaults
+
+    recipe = LoRARecipe(with_model_defaults(cfg), overwrite=overwrite)
     try:
         recipe.setup()
         recipe.train()
