@@ -141,8 +141,8 @@ class AdapterSet:
                 return real
         known = sorted(p.stem for p in self.lora_dir.iterdir() if p.suffix in ADAPTER_SUFFIXES or p.is_dir()) \
             if self.lora_dir.is_dir() else []
-        raise SdLoraError(f"{where} not found in {self.lora_dir} (looked for {name}[{'|'.join(ADAPTER_SUFFIXES)}]); "
-                          f"LoRAs there: {', '.join(known) or 'none'}")
+        raise SdLoraError(f"LoRA {name!r} not found in {self.lora_dir} (named in a prompt or prompt file; looked for "
+                          f"{name}[{'|'.join(ADAPTER_SUFFIXES)}]); LoRAs there: {', '.join(known) or 'none'}")
 
     def add(self, path: str | Path, name: str | None = None) -> str:
         """Load a file now (validating it against the pipeline) and optionally give it a short name."""

@@ -23,7 +23,7 @@ from sd_lora.errors import SdLoraError
 
 __all__ = ["check_environment", "needed_packages", "missing_packages", "check_output_dir", "check_free_space", "RunLock", "launched_processes",
            "needs_cpu_process_group", "check_process_group", "previous_run_files", "check_previous_run",
-           "set_aside_previous_run", "restore_previous_run"]
+           "set_aside_previous_run", "restore_previous_run", "archive_unsaved_metrics"]
 
 
 def needed_packages(cfg) -> list[tuple[str, str, str]]:
@@ -131,18 +131,34 @@ def check_free_space(out_dir: Path, adapter_params: int, saves_kept: int) -> Non
 
 def previous_run_files(out_dir: Path, name: str) -> list[Path]:
     """What an earlier run left in `out_dir` that this run would replace or mix with: its adapter, config and
-    intermediate adapters under `name`, and the folder-wide states, logs (metrics.jsonl) and sample recipes."""
+    intermediate adapters under `name`, states (`checkpoints/step-*`) and sample recipes, with its logs. A run
+    killed before it saved anything left only logs (see `archive_unsaved_metrics`)."""
     import re
 
     if not out_dir.is_dir():
         return []
     own = re.compile(re.escape(name) + r"(\.safetensors|\.config\.toml|-step\d{6,}\.safetensors)")
     found = [p for p in out_dir.iterdir() if p.is_file() and own.fullmatch(p.name)]
-    for shared in ("checkpoints", "logs", "samples"):
-        folder = out_dir / shared
-        if folder.is_dir() and any(folder.iterdir()):
-            found.append(folder)
+    if any(p.is_dir() for p in (out_dir / "checkpoints").glob("step-*")):
+        found.append(out_dir / "checkpoints")
+    if (out_dir / "samples").is_dir() and any((out_dir / "samples").iterdir()):
+        found.append(out_dir / "samples")
+    if found and (out_dir / "logs").is_dir():
+        found.append(out_dir / "logs")
     return sorted(found)
+
+
+def archive_unsaved_metrics(out_dir: Path) -> Path | None:
+    """A new run's metrics never append to those of a run that saved nothing (killed early): that file is renamed
+    `metrics.<its date>.jsonl` beside it."""
+    metrics = out_dir / "logs" / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(metrics.stat().st_mtime))
+    kept = metrics.with_name(f"metrics.{stamp}.jsonl")
+    os.replace(metrics, kept)
+    print(f"note: {metrics} held the metrics of an earlier run that saved nothing; kept as {kept.name}")
+    return kept
 
 
 def check_previous_run(out_dir: Path, name: str, resume: str, overwrite: bool) -> list[Path]:

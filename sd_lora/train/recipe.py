@@ -60,7 +60,7 @@ class LoRARecipe:
     def __init__(self, cfg: Config, overwrite: bool = False):
         self.cfg = cfg
         self.overwrite = overwrite  # replace an earlier run in output.dir (otherwise refused unless resuming)
-        self.replaced: Path | None = None  # where that run's files wait until this run's adapter is saved
+        self.replaced: Path | None = None  # where that run's files wait until this run has saved something
         self.losses: list[float] = []
         self.step_times: list[float] = []  # perf_counter() at the end of each optimiser step
         self.signals = StopSignals()
@@ -101,6 +101,8 @@ class LoRARecipe:
             earlier = preflight.check_previous_run(self.out_dir, self.cfg.output.name, self.cfg.train.resume,
                                                    self.overwrite)
             self.replaced = preflight.set_aside_previous_run(self.out_dir, earlier)
+            if not self.cfg.train.resume and not self.replaced:
+                preflight.archive_unsaved_metrics(self.out_dir)
         self.accelerator.wait_for_everyone()
 
     def _setup_data_scan(self) -> None:

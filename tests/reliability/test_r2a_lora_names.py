@@ -58,7 +58,7 @@ def test_a_link_out_of_the_lora_folder_is_refused(folders):
 def test_a_tag_never_resolves_to_the_current_folder(folders):
     """`<lora:style>` means loras/style, even when ./style.safetensors exists; without --lora-dir it is an error."""
     shutil.copy(folders / "secret" / "x.safetensors", folders / "x.safetensors")
-    refused_before_loading(generate(folders, "--prompt", "a cat <lora:x:1>"), "'x'", "not found in loras",
+    refused_before_loading(generate(folders, "--prompt", "a cat <lora:x:1>"), "'x' not found in loras",
                            "LoRAs there: style")
     result = run_cli("generate", "--model", "builtin:tiny", "--steps", "1", "--out", "out", "--prompt",
                      "a cat <lora:x:1>", cwd=folders)

@@ -111,3 +111,17 @@ def test_resume_continues_the_finished_run(finished, tmp_path):
     assert "at step 2" in result.stdout
     assert _metric_steps(out) == [1, 2, 3]
     assert (out / "important.txt").read_text() == "mine"
+
+
+def test_a_run_that_saved_nothing_does_not_block_and_its_metrics_are_kept_apart(finished, tmp_path):
+    """A run killed before its first save left only logs/metrics.jsonl: the next run starts, with its own file."""
+    root, _ = finished
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (out / "checkpoints" / ".step-000001.partial").mkdir(parents=True)  # its save was killed midway
+    result = run_cli(*train_args(root / "data", out, "--set", "train.max_steps=1"), cwd=tmp_path)
+    assert_ok(result)
+    assert _metric_steps(out) == [1] and "saved nothing" in result.stdout
+    kept = [p for p in (out / "logs").glob("metrics.*.jsonl")]
+    assert len(kept) == 1 and kept[0].read_text() == '{"step": 1, "loss": 0.5}\n'
