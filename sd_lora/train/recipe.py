@@ -160,6 +160,7 @@ class LoRARecipe:
         if device.type == "cpu":
             from sd_lora.train.threads import apply_cpu_threads
 
+            self.threads_before = torch.get_num_threads()  # given back in cleanup (a notebook's other work)
             self.accelerator.print(apply_cpu_threads(t.cpu_threads, sum(p.numel() for p in self.unet.parameters())))
         if t.attention == "xformers":
             self.unet.enable_xformers_memory_efficient_attention()
@@ -510,6 +511,8 @@ class LoRARecipe:
             preflight.restore_previous_run(self.out_dir, self.replaced)
         self.signals.restore()
         self.lock.release()
+        if getattr(self, "threads_before", None):
+            torch.set_num_threads(self.threads_before)
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
 
