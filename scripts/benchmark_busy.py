@@ -8,9 +8,10 @@ start to exit (model load, training, save). "busy" starts the competitor first: 
 cores busy the way a second training does (torch matmuls on every core, its own threads), or a pure-Python
 spin loop per core (`--competitor spin`). The settings:
 
-    auto     sd-lora's default: train.cpu_threads = 0 (1 thread for a small model), idle threads sleep
-    2-passive    2 torch threads, OMP_WAIT_POLICY=PASSIVE
-    2-active     2 torch threads, OMP_WAIT_POLICY=ACTIVE (threads spin while they wait: the old behaviour's worst case)
+    auto         sd-lora's default: train.cpu_threads = 0 (1 thread for a small model)
+    2-default    2 torch threads (torch's default on 2 cores: the old behaviour), the OpenMP library's wait policy
+    2-passive    2 torch threads, OMP_WAIT_POLICY=PASSIVE (waiting threads sleep)
+    2-active     2 torch threads, OMP_WAIT_POLICY=ACTIVE (waiting threads spin)
 
 Run it on an otherwise quiet machine: other processes count as a competitor too.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"auto": ([], {}),
+            "2-default": (["--set", "train.cpu_threads=2"], {}),
             "2-passive": (["--set", "train.cpu_threads=2"], {"OMP_WAIT_POLICY": "PASSIVE"}),
             "2-active": (["--set", "train.cpu_threads=2"], {"OMP_WAIT_POLICY": "ACTIVE"})}
 COMPETITORS = {
@@ -65,7 +67,7 @@ def start_competitor(kind: str) -> list[subprocess.Popen]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=600, help="training steps per run (the demo: 600)")
-    p.add_argument("--settings", default="auto,2-passive,2-active", help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument("--settings", default="auto,2-default,2-passive,2-active", help=f"comma list of {', '.join(SETTINGS)}")
     p.add_argument("--competitor", choices=sorted(COMPETITORS), default="torch")
     args = p.parse_args(argv)
     settings = [s.strip() for s in args.settings.split(",")]

@@ -8,7 +8,6 @@ import sys
 
 from sd_lora.errors import SdLoraError
 from sd_lora.logs import is_verbose, set_verbose
-from sd_lora.train.threads import prefer_passive_waits
 
 __all__ = ["main"]
 
@@ -27,7 +26,6 @@ SUBCOMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    prefer_passive_waits()  # before any subcommand imports torch (see sd_lora.train.threads)
     parser = argparse.ArgumentParser(prog="sd-lora", description="Train and use Stable Diffusion LoRA adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}

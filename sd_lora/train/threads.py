@@ -8,23 +8,18 @@ step is thousands of sub-millisecond ops, so these waits are the whole step. A f
 enough that the split pays and the waits are a small share.
 
 So, unless the user chose (`train.cpu_threads`, or `OMP_NUM_THREADS`): a small model gets 1 thread (nothing to
-wait for), a large one the cores the other processes leave free; and idle OpenMP threads sleep
-(`OMP_WAIT_POLICY=PASSIVE`), set by the CLI before torch loads (the OpenMP runtime reads it once, at load).
+wait for), a large one the cores the other processes leave free. The wait policy is left to the user
+(`OMP_WAIT_POLICY`): measured with scripts/benchmark_busy.py, PASSIVE made 2 threads on the idle tiny model 1.6x
+slower (every op wakes a sleeping thread), and 1 thread needs no policy.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["SMALL_MODEL_PARAMS", "prefer_passive_waits", "choose_cpu_threads", "apply_cpu_threads"]
+__all__ = ["SMALL_MODEL_PARAMS", "choose_cpu_threads", "apply_cpu_threads"]
 
 SMALL_MODEL_PARAMS = 50_000_000  # below this, a step is mostly per-op overhead (builtin:tiny: 1.6 M)
-
-
-def prefer_passive_waits() -> None:
-    """Idle OpenMP threads sleep instead of spinning, unless the user set a policy. Must run before torch is
-    imported (the CLI dispatcher calls it first)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _usable_cores() -> int:
@@ -61,4 +56,5 @@ def apply_cpu_threads(setting: int, model_params: int) -> str:
 
     threads, why = choose_cpu_threads(setting, model_params)
     torch.set_num_threads(threads)
-    return f"CPU threads: {threads} ({why}; waits: {os.environ.get('OMP_WAIT_POLICY', 'library default').lower()})"
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    return f"CPU threads: {threads} ({why})" + (f"; OMP_WAIT_POLICY={policy}" if policy else "")

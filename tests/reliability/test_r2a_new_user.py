@@ -197,4 +197,4 @@ def test_cpu_threads_follow_the_setting_the_environment_or_the_model(tmp_path, d
            *[a for s in sets for a in ("--set", s)]]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**base, **env}, timeout=300)
     assert_ok(result)
-    assert expected in result.stdout and "waits: passive" in result.stdout, result.stdout
+    assert expected in result.stdout, result.stdout
