@@ -80,7 +80,7 @@ class TrainConfig:
     cpu_threads: int = _f(
         0, "CPU threads for torch's ops. 0: OMP_NUM_THREADS when set, else auto: 1 for a small model (its ops are "
         "too small to split, and a thread waiting for a core another process holds stalls every op), else the "
-        "cores other processes leave free (load average). See scripts/benchmark_busy.py.")
+        "cores other processes leave free. See scripts/benchmark_busy.py.")
 
     def validate(self) -> list[str]:
         problems = []

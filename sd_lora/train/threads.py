@@ -1,4 +1,4 @@
-"""How many CPU threads torch uses, and how its idle threads wait: chosen for a machine other processes share.
+"""How many CPU threads torch uses, chosen for a machine other processes share.
 
 Why a busy machine made tiny-model training 5-30x slower: torch splits each op over one OpenMP thread per core,
 and every op ends at a barrier where the threads wait for each other. With another process on the cores, one of
@@ -30,10 +30,13 @@ def _usable_cores() -> int:
 
 
 def _busy_cores() -> int:
-    """Cores other processes keep busy, from the 1-minute load average (this run has not started its work yet)."""
+    """Cores other processes keep busy now: the running tasks Linux counts (/proc/loadavg), less this one. (The
+    load average would lag by a minute and count this run's own model loading.)"""
     try:
-        return int(os.getloadavg()[0] + 0.5)
-    except OSError:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        return max(0, running - 1)
+    except (OSError, ValueError, IndexError):
         return 0
 
 
