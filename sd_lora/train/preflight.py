@@ -52,12 +52,12 @@ def missing_packages(cfg, try_import: bool = False) -> list[str]:
     missing = []
     for module, setting, fix in needed_packages(cfg):
         if importlib.util.find_spec(module) is None:
-            missing.append(f"{setting} needs {module}, which is not installed: {fix}")
+            missing.append(f"{setting} but {module} is not installed: {fix}")
         elif try_import:
             try:
                 importlib.import_module(module)
             except Exception as e:  # a broken install fails in many ways
-                missing.append(f"{setting} needs {module}, which is installed but does not import "
+                missing.append(f"{setting} but {module}, though installed, does not import "
                                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}): {fix}")
     return missing
 
