@@ -95,8 +95,9 @@ def main(argv=None) -> int:
     target = style_statistic(Image.open(f) for f in sorted(args.style_dir.glob("*.png")))
     print(f"style statistic (ground darkness) of the style set: {target:.3f}")
     for scale, ims in images.items():
+        seen = ", ".join(f"{p.split()[2]}->{centre_colour(im)}" for p, im in zip(PROMPTS, ims))
         print(f"scale {scale:g}: ground darkness {style_statistic(ims):.3f}, "
-              f"prompt colour followed {colour_hits(ims, PROMPTS, 1):.0%}")
+              f"prompt colour followed {colour_hits(ims, PROMPTS, 1):.0%} (asked->seen: {seen})")
     grid = grid_image(images, [p.rsplit(", ", 1)[0] for p in PROMPTS])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -10,7 +11,12 @@ from typing import Iterator
 
 from sd_lora.errors import SdLoraError
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "current_umask", "give_umask_modes", "write_errors"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "current_umask", "give_umask_modes", "write_errors",
+           "remove_stale_temporaries", "is_write_failure", "write_failure_reason", "STALE_AFTER_S"]
+
+# A temporary file or folder of ours not written to for this long belongs to a process that died (kill -9, power
+# cut): no live writer leaves its file untouched that long (a write, even of gigabytes, changes the mtime).
+STALE_AFTER_S = 300
 
 
 def current_umask() -> int:
@@ -37,6 +43,27 @@ def give_umask_modes(path: str | Path) -> None:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Remove `.NAME.*.tmp` leftovers beside `target` (what atomic_path and the folder writers make) that no process
+    has touched for STALE_AFTER_S seconds; returns what was removed."""
+    import shutil
+    import time
+
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    removed, now = [], time.time()
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        try:
+            if now - path.lstat().st_mtime < STALE_AFTER_S:
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path)
+        except OSError:
+            continue  # another process's, or already gone
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it replaces `target` in one rename.
@@ -45,6 +72,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -69,6 +97,21 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
 
 
+def is_write_failure(e: BaseException) -> bool:
+    """An OSError, or one reported by a Rust-backed library as its own type (safetensors: 'I/O error: ...',
+    tokenizers: '... (os error 28)')."""
+    from safetensors import SafetensorError
+
+    return isinstance(e, OSError) or (isinstance(e, SafetensorError) and "I/O error" in str(e)) or \
+        "(os error " in str(e)
+
+
+def write_failure_reason(e: BaseException) -> str:
+    """'No space left on device (/out/x.tmp)': the reason without Python's [Errno N] prefix, and the path."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).rsplit("I/O error: ", 1)[-1]
+    return reason + (f" ({e.filename})" if getattr(e, "filename", None) else "")
+
+
 @contextlib.contextmanager
 def write_errors(what: str, then: str = "") -> Iterator[None]:
     """Turn a failed write (disk full, file too large, permission denied) into one clear error. The writes inside
@@ -78,7 +121,7 @@ def write_errors(what: str, then: str = "") -> Iterator[None]:
     try:
         yield
     except (OSError, SafetensorError) as e:
-        if isinstance(e, SafetensorError) and "I/O error" not in str(e):
+        if not is_write_failure(e):
             raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).rsplit("I/O error: ", 1)[-1]
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""

@@ -18,6 +18,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from sd_lora.errors import SdLoraError
+    from sd_lora.fileio import write_errors
     from sd_lora.formats.convert import convert_file
     from sd_lora.formats.imports import load_adapter_file
 
@@ -28,6 +29,7 @@ def run(args) -> int:
     if not target.parent.is_dir():
         raise SdLoraError(f"output {target}: the folder {target.parent} does not exist; create it first")
     load_adapter_file(args.input, allow_pickle=args.allow_pickle)  # NaN/inf or mismatched ranks: refused here
-    out = convert_file(args.input, args.output, args.to, args.family, allow_pickle=args.allow_pickle)
+    with write_errors(str(target), ", or choose another output path"):
+        out = convert_file(args.input, args.output, args.to, args.family, allow_pickle=args.allow_pickle)
     print(f"wrote {out} ({args.to})")
     return 0

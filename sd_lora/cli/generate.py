@@ -38,8 +38,8 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (CFG)")
     p.add_argument("--scheduler", default="Euler a", help="Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, DDIM, UniPC, ...")
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int, help="default: the size the first --lora was trained at, else the model's own")
+    p.add_argument("--height", type=int, help="default: as --width")
     p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 count: 1 = last layer, 2 = penultimate (default: "
                                                   "the first --lora's training clip skip)")
     p.add_argument("--guidance-rescale", type=float, help="diffusers' guidance rescale, 0-1 (default: what the first "
@@ -80,6 +80,16 @@ def _specs(args):
         if spec.guidance is not None and not math.isfinite(spec.guidance):
             raise SdLoraError(f"prompt {spec.prompt!r}: guidance {spec.guidance!r} is not a finite number")
     return specs
+
+
+def _check_lora_names(args, loras, specs) -> None:
+    """Every adapter name resolves (prompt names only inside --lora-dir) before the model loads."""
+    from sd_lora.inference import AdapterSet
+    from sd_lora.inference.prompts import parse_prompt
+
+    names = AdapterSet(None, lora_dir=args.lora_dir)
+    for ref in [*loras, *(r for spec in specs for r in [*spec.loras, *parse_prompt(spec.prompt)[1]])]:
+        names.resolve(ref.name, ref.in_folder)
 
 
 def _check_args(args) -> None:
@@ -166,6 +176,8 @@ def _adapter_defaults(args, loras) -> dict:
     found = adapter_defaults([Path(ref.name) for ref in loras])
     if args.clip_skip is None and found.get("clip_skip", 1) > 1:
         args.clip_skip = found["clip_skip"]
+    if args.width is None and args.height is None and found.get("resolution"):
+        args.width, args.height = found["resolution"]  # the size it was trained at, not the model's default
     if args.guidance_rescale is None:
         args.guidance_rescale = found.get("guidance_rescale", 0.0)
     elif not (math.isfinite(args.guidance_rescale) and 0 <= args.guidance_rescale <= 1):
@@ -247,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(text) for text in args.lora]
     defaults = _adapter_defaults(args, loras)
     specs, ranges = _specs(args), _seed_ranges(args)
+    _check_lora_names(args, loras, specs)
     out = Path(args.out)
     _check_out(out)
     count, requests, firsts = _requests(args, specs, ranges, [] if (args.fuse or args.sweep) else loras)

@@ -45,16 +45,57 @@ def main(argv: list[str] | None = None) -> int:
         module.add_parser(sub, name)
         sub.choices[name].add_argument("--verbose", action="store_true",
                                        help="show the libraries' own messages and progress bars too")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)  # --help prints here
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
     set_verbose(args.verbose or is_verbose())
     try:
-        return int(modules[args.command].run(args) or 0)
+        code = int(modules[args.command].run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # what a command killed by SIGPIPE reports (128 + 13), as `cat X | head` does
     except SdLoraError as e:
         print(f"sd-lora {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not _is_disk_or_permission_fault(e):
+            raise
+        from sd_lora.fileio import write_failure_reason
+
+        # a command without its own message for this: still one line with the path and what to do
+        print(f"sd-lora {args.command}: error: a file could not be written or read: {write_failure_reason(e)}. "
+              "Free some space or fix the permissions of that folder, then run again; outputs are written under "
+              "temporary names and renamed only when complete, so no partial output was left.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _is_disk_or_permission_fault(e: BaseException) -> bool:
+    import errno
+
+    from sd_lora.fileio import is_write_failure
+
+    if not is_write_failure(e):
+        return False
+    if not isinstance(e, OSError):
+        return True  # a Rust-backed library's I/O error (disk full, file too large)
+    return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`sd-lora inspect X | head`): the rest of the output has nowhere to go, and
+    Python's flush at exit must not raise again, so stdout now points at /dev/null."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,29 @@ def add_parser(subparsers, name: str) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    import os
+    import shutil
+    import tempfile
+
     from sd_lora.errors import SdLoraError
+    from sd_lora.fileio import give_umask_modes, remove_stale_temporaries, write_errors
     from sd_lora.models.tiny import save_tiny_pipeline
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    out = Path(args.out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SdLoraError(f"{out} exists and is not empty; choose a new folder")
-    save_tiny_pipeline(out, family=args.family, seed=args.seed)
+    with write_errors(f"the tiny model {out}", ", or choose another folder"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        # written whole beside the target, then renamed: a full disk leaves no half model under the final name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            save_tiny_pipeline(tmp, family=args.family, seed=args.seed)
+            give_umask_modes(tmp)
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote a tiny {args.family} model to {out}")
     return 0

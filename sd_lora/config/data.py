@@ -78,7 +78,8 @@ class DataConfig:
     dir: str = _f("", "Folder of images with same-stem caption files, or of kohya repeat folders "
                       "like '10_mychar/' (10 repeats, class tokens 'mychar').", path=True)
     resolution: int = _f(512, "Training size: images are resized on the short side and cropped to it "
-                              "(with buckets: the pixel budget is resolution²).")
+                              "(with buckets: the pixel budget is resolution²). When not given: the model's native "
+                              "size, read from its config files (builtin:tiny 32, SDXL 1024); 512 when unknown.")
     caption_extension: str = _f(".txt", "Extension of the caption file beside each image.")
     metadata_file: str | None = _f(
         None, "HF imagefolder metadata (JSON lines with file_name + text); default: dir/metadata.jsonl if present.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import difflib
 import sys
 import types
@@ -19,7 +20,7 @@ from sd_lora.config.schema import Config
 from sd_lora.config.sources import looks_like_path
 from sd_lora.errors import SdLoraError
 
-__all__ = ["ConfigError", "load_config", "config_from_dict", "dump_config", "parse_overrides"]
+__all__ = ["ConfigError", "load_config", "config_from_dict", "dump_config", "parse_overrides", "with_defaults"]
 
 
 class ConfigError(SdLoraError):
@@ -69,6 +70,11 @@ def _type_name(tp) -> str:
     return {type(None): "none", str: "string", int: "integer", float: "number", bool: "true/false"}.get(tp, str(tp))
 
 
+def _fold(name: str) -> str:
+    """A choice as spelled in any case, with or without '_', '-' or spaces."""
+    return re.sub(r"[\s_-]", "", name.lower())
+
+
 def _convert(value: Any, tp, where: str, problems: list[str], base_dir: Path | None, is_path: bool):
     """Check `value` against type `tp`; return the converted value (or None after recording a problem)."""
     origin = typing.get_origin(tp)
@@ -84,6 +90,10 @@ def _convert(value: Any, tp, where: str, problems: list[str], base_dir: Path | N
         problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
         return None
     if origin is Literal:
+        folded = [a for a in typing.get_args(tp) if isinstance(value, str) and isinstance(a, str)
+                  and _fold(a) == _fold(value)]
+        if value not in typing.get_args(tp) and len(folded) == 1:
+            return folded[0]  # kohya and the GUIs write 'AdamW8bit', 'BF16', 'AdamWScheduleFree'
         if value not in typing.get_args(tp):
             close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -150,7 +160,28 @@ def config_from_dict(data: dict, source: str = "config", base_dir: Path | None =
         cfg = merged
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
+    cfg.given = _given_keys(data) | _given_keys(overrides or {})
     return cfg
+
+
+def _given_keys(data: dict) -> set[str]:
+    return {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values}
+
+
+def with_defaults(cfg: Config, values: dict[str, dict]) -> Config:
+    """`cfg` with `values` ({section: {key: value}}) for the keys the user did not give (e.g. the model's native
+    resolution), validated again; keys the user gave are kept."""
+    given = getattr(cfg, "given", set())
+    extra = {s: {k: v for k, v in kv.items() if f"{s}.{k}" not in given} for s, kv in values.items()}
+    extra = {s: kv for s, kv in extra.items() if kv}
+    if not extra:
+        return cfg
+    problems: list[str] = []
+    out = _build(Config, _merge(dump_dict(cfg), extra), "", problems, Path.cwd())
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), "the model's defaults")
+    out.given = given
+    return out
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

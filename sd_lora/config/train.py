@@ -77,9 +77,15 @@ class TrainConfig:
     cpu_allocator_tuning: bool = _f(
         True, "CPU runs on Linux: keep freed activation memory in the process (glibc mmap/trim thresholds) instead "
         "of returning it to the OS and faulting it back every step. No effect on GPUs.")
+    cpu_threads: int = _f(
+        0, "CPU threads for torch's ops. 0: OMP_NUM_THREADS when set, else auto: 1 for a small model (its ops are "
+        "too small to split, and a thread waiting for a core another process holds stalls every op), else the "
+        "cores other processes leave free. See scripts/benchmark_busy.py.")
 
     def validate(self) -> list[str]:
         problems = []
+        if self.cpu_threads < 0:
+            problems.append(f"train.cpu_threads: must not be negative (0: auto), got {self.cpu_threads}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every_n_steps",
                      "lr_scheduler_num_cycles"):
             if getattr(self, name) < 1:

@@ -16,9 +16,11 @@ import torch
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_bytes
 
-__all__ = ["read_tensor_file", "serialize", "write_safetensors", "data_region", "PICKLE_SUFFIXES"]
+__all__ = ["read_tensor_file", "diffusers_lora_file", "DIFFUSERS_LORA_FILES", "serialize", "write_safetensors",
+           "data_region", "PICKLE_SUFFIXES"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+DIFFUSERS_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 _ZIP_MAGIC = b"PK\x03\x04"
 _SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
           "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
@@ -30,12 +32,14 @@ def _check_header(path: Path, blob_head: bytes, size: int) -> dict:
                           "8-byte header length). Re-download or re-export it.")
     (n,) = struct.unpack("<Q", blob_head[:8])
     if n > size - 8:
-        raise SdLoraError(f"{path}: header length {n} is larger than the file ({size} bytes): the file is "
-                          "truncated or not a safetensors file.")
+        # the number is the file's first 8 bytes: never shown (it would echo a text file's contents)
+        raise SdLoraError(f"{path}: the header length in its first 8 bytes is larger than the file ({size} bytes): "
+                          "the file is truncated or not a safetensors file.")
     try:
         header = json.loads(blob_head[8:8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SdLoraError(f"{path}: the safetensors header is not valid JSON ({e}); the file is damaged "
+        where = f"byte {e.start}" if isinstance(e, UnicodeDecodeError) else f"character {e.pos}"
+        raise SdLoraError(f"{path}: the safetensors header is not valid JSON (at {where}); the file is damaged "
                           "or not a safetensors file.") from None
     if not isinstance(header, dict):
         raise SdLoraError(f"{path}: the safetensors header is not a JSON object.")
@@ -89,7 +93,10 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad or unsafe pickles
-        raise SdLoraError(f"{path}: could not load the pickled checkpoint with weights_only=True: {e}") from None
+        # torch's message quotes the pickle's opcodes and names: file contents, never shown
+        raise SdLoraError(f"{path}: could not load it as a pickled checkpoint of tensors (torch.load with "
+                          f"weights_only=True refused it: {type(e).__name__}); it is damaged, not a checkpoint, or "
+                          "holds more than tensors. Convert it to .safetensors where it was made.") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -97,9 +104,23 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def read_tensor_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a .safetensors file, or of a pickled checkpoint when `allow_pickle`."""
+def diffusers_lora_file(path: str | Path) -> Path:
+    """The weights file of a diffusers LoRA folder (`pipe.save_lora_weights(dir)`); any other path as it is."""
     path = Path(path)
+    if path.is_dir():
+        for name in DIFFUSERS_LORA_FILES:
+            if (path / name).is_file():
+                return path / name
+    return path
+
+
+def read_tensor_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file, or of a pickled checkpoint when `allow_pickle`. A diffusers
+    LoRA folder (what `save_lora_weights` writes) is read as its weights file."""
+    path = diffusers_lora_file(path)
+    if path.is_dir():
+        raise SdLoraError(f"{path}: is a folder, but neither a peft adapter folder (adapter_config.json) nor a "
+                          f"diffusers LoRA folder ({' or '.join(DIFFUSERS_LORA_FILES)}); give the adapter file")
     if not path.is_file():
         raise SdLoraError(f"{path}: no such file.")
     if _looks_pickled(path):

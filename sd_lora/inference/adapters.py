@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable, Iterator
 
 import torch
@@ -83,6 +83,8 @@ class AdapterSet:
     """The adapter files loaded into one pipeline, addressed by the names users write.
 
     A name is resolved as: a name given to `add`, an existing path, then `lora_dir/NAME[.safetensors|...]`.
+    Names from prompts and prompt files (`in_folder=True`) resolve only inside `lora_dir`: no absolute path,
+    no `..`, no `~`, no link leading out of the folder (a prompt file can come from anyone).
     """
 
     def __init__(self, pipe, *, family: str | None = None, lora_dir: str | Path | None = None,
@@ -98,10 +100,12 @@ class AdapterSet:
         self._snapshot: dict[torch.nn.Module, list[torch.Tensor]] = {}
 
     # ---- names and files -------------------------------------------------------------------------
-    def resolve(self, name: str) -> Path:
+    def resolve(self, name: str, in_folder: bool = False) -> Path:
         """The adapter file for a user-written name, or an SdLoraError saying where it was looked for."""
         if name in self._aliases:
             return self._aliases[name]
+        if in_folder:
+            return self._resolve_in_folder(name)
         direct = Path(name).expanduser()
         if direct.exists():
             return direct.resolve()
@@ -118,6 +122,28 @@ class AdapterSet:
             hint = "; give a path, or --lora-dir to look names up in a folder"
         raise SdLoraError(f"LoRA {name!r} not found (looked for {' and '.join(tried)}){hint}")
 
+    def _resolve_in_folder(self, name: str) -> Path:
+        where = f"LoRA {name!r} (named in a prompt or prompt file)"
+        if self.lora_dir is None:
+            raise SdLoraError(f"{where}: names in <lora:...> tags and prompt files are looked up in the LoRA folder "
+                              "only; give --lora-dir FOLDER (or pass the file with --lora PATH)")
+        parts = PurePath(name).parts
+        if PurePath(name).is_absolute() or ".." in parts or name.startswith("~") or "\\" in name:
+            raise SdLoraError(f"{where}: must name a file inside --lora-dir {self.lora_dir} (no absolute path, "
+                              "'..', '~' or backslash); put the adapter in that folder and write its name")
+        root = self.lora_dir.resolve()
+        for candidate in [self.lora_dir / name] + [self.lora_dir / (name + s) for s in ADAPTER_SUFFIXES]:
+            if candidate.exists():
+                real = candidate.resolve()
+                if not real.is_relative_to(root):
+                    raise SdLoraError(f"{where}: {candidate} is a link leading out of --lora-dir {self.lora_dir}; "
+                                      "names in prompts resolve only inside it. Copy the adapter into the folder")
+                return real
+        known = sorted(p.stem for p in self.lora_dir.iterdir() if p.suffix in ADAPTER_SUFFIXES or p.is_dir()) \
+            if self.lora_dir.is_dir() else []
+        raise SdLoraError(f"LoRA {name!r} not found in {self.lora_dir} (named in a prompt or prompt file; looked for "
+                          f"{name}[{'|'.join(ADAPTER_SUFFIXES)}]); LoRAs there: {', '.join(known) or 'none'}")
+
     def add(self, path: str | Path, name: str | None = None) -> str:
         """Load a file now (validating it against the pipeline) and optionally give it a short name."""
         file = self.resolve(str(path))
@@ -125,9 +151,12 @@ class AdapterSet:
             self._aliases[name] = file
         return self._adapter(file, None)
 
-    def load(self, names: Iterable[str]) -> list[Path]:
-        """Resolve and load every name (each file once); errors come before anything is generated."""
-        files = [self.resolve(n) for n in names]
+    def load(self, names: Iterable[str], in_folder: Iterable[bool] | None = None) -> list[Path]:
+        """Resolve and load every name (each file once); errors come before anything is generated.
+        `in_folder`: per name, whether it came from a prompt (see `resolve`)."""
+        names = list(names)
+        flags = list(in_folder) if in_folder is not None else [False] * len(names)
+        files = [self.resolve(n, f) for n, f in zip(names, flags)]
         for file in files:
             self._adapter(file, None)
         return files

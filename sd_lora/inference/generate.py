@@ -108,7 +108,7 @@ def _refs(request: GenerationRequest, where: str) -> tuple[str, list[LoraRef]]:
 
 def _used(refs: list[LoraRef], adapters: AdapterSet) -> list[UsedLora]:
     merged: dict[Path, UsedLora] = {}
-    for ref, file in zip(refs, adapters.load([r.name for r in refs])):
+    for ref, file in zip(refs, adapters.load([r.name for r in refs], [r.in_folder for r in refs])):
         old = merged.get(file)  # the same file twice adds up, as it would in AUTOMATIC1111
         te = ref.weight + (old.weight if old else 0.0)
         unet = ref.unet + (old.unet if old else 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sd_lora.errors import SdLoraError
@@ -28,6 +28,8 @@ class LoraRef:
     name: str
     weight: float = 1.0  # text encoders, and the UNet unless unet_weight is set (AUTOMATIC1111's te multiplier)
     unet_weight: float | None = None  # AUTOMATIC1111's unet multiplier: <lora:NAME:TE:UNET> or unet=W
+    # named in a prompt (<lora:...> tag) or a prompt file: looked up only inside the LoRA folder, never as a path
+    in_folder: bool = field(default=False, compare=False)
 
     @property
     def unet(self) -> float:
@@ -114,7 +116,7 @@ def parse_prompt(text: str) -> tuple[str, list[LoraRef]]:
             raise SdLoraError(f"prompt {text!r}: the tag {shown.strip()!r} is not closed; end it with '>', e.g. "
                               "<lora:style:0.7>")
         tag = text[m.start():close + 1]
-        refs.append(_tag(text[m.end():close], f"prompt {text!r}, tag {tag}"))
+        refs.append(replace(_tag(text[m.end():close], f"prompt {text!r}, tag {tag}"), in_folder=True))
         pieces.append(text[pos:m.start()])
         pos = close + 1
     clean = "".join(pieces) + text[pos:]
@@ -164,7 +166,7 @@ def _jsonl_spec(line: str, where: str) -> PromptSpec:
     unknown = sorted(set(row) - _PROMPT_FIELDS)
     if unknown:
         raise SdLoraError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(_PROMPT_FIELDS)}")
-    loras = parse_loras_field(row["loras"], where) if "loras" in row else []
+    loras = [replace(r, in_folder=True) for r in parse_loras_field(row["loras"], where)] if "loras" in row else []
     if isinstance(row.get("seed"), int) and not isinstance(row["seed"], bool):
         check_seed(row["seed"], where)
     try:

@@ -8,6 +8,7 @@ metadata (`sd_lora.samples`) and in each sample PNG (`sd-lora-recipe` text chunk
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from sd_lora.errors import SdLoraError
@@ -65,7 +66,7 @@ def recipe_request(record: dict, adapter: Path):
 
 
 def adapter_defaults(files: list[Path]) -> dict:
-    """clip_skip, zero_terminal_snr and guidance_rescale the first sd-lora-trained adapter among `files`
+    """clip_skip, zero_terminal_snr, guidance_rescale and resolution the first sd-lora-trained adapter among `files`
     records (empty when none does)."""
     for file in files:
         if not (file.is_file() and file.suffix == ".safetensors"):
@@ -78,5 +79,8 @@ def adapter_defaults(files: list[Path]) -> dict:
                "guidance_rescale": float(recipe.get("guidance_rescale") or 0.0)}
         if meta.get("ss_clip_skip"):
             out["clip_skip"] = int(meta["ss_clip_skip"])
+        size = re.fullmatch(r"\(?\s*(\d+)\s*,\s*(\d+)\s*\)?", meta.get("ss_resolution", ""))
+        if size:  # the size the adapter was trained at: (width, height)
+            out["resolution"] = (int(size.group(1)), int(size.group(2)))
         return out
     return {}

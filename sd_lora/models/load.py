@@ -15,7 +15,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
 
-__all__ = ["BaseModelInfo", "resolve_pretrained", "describe_source", "download_hub_model", "detect_family", "inspect_model",
+__all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "detect_family", "inspect_model",
            "load_pipeline", "BUILTIN_DIR"]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
@@ -47,15 +47,30 @@ def resolve_pretrained(pretrained: str) -> tuple[str, bool]:
         return pretrained, False  # a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5"
     path = Path(pretrained).expanduser()
     if not path.exists():
-        raise SdLoraError(f"model.pretrained: {pretrained!r} does not exist; give a diffusers model directory, "
-                          "a single-file checkpoint, a hub id (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') "
-                          "or 'builtin:tiny'")
+        raise SdLoraError(f"model.pretrained: {pretrained!r} does not exist{_nearby(path)}; give a diffusers model "
+                          "directory, a single-file checkpoint, a hub id (e.g. 'stable-diffusion-v1-5/"
+                          "stable-diffusion-v1-5') or 'builtin:tiny'")
     if path.is_dir():
         _check_diffusers_dir(path, pretrained)
     if path.is_file() and not pretrained.endswith(MODEL_FILE_SUFFIXES):
         raise SdLoraError(f"model.pretrained: {pretrained!r} is a file but not a checkpoint "
                           f"(expected one of {', '.join(MODEL_FILE_SUFFIXES)}) or a diffusers directory")
     return str(path), True
+
+
+def _nearby(path: Path) -> str:
+    """A hint for a mistyped local path: the closest names in the folder it would be in."""
+    import difflib
+
+    folder = path.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return ""
+    close = difflib.get_close_matches(path.name, [p.name for p in folder.iterdir()], n=3, cutoff=0.6)
+    if close:
+        return f" (did you mean {' or '.join(repr(str(folder / c)) for c in close)}?)"
+    return f" (read as a local path because the folder {folder} exists)" if folder == path.parent else ""
 
 
 def _check_diffusers_dir(path: Path, shown: str) -> None:
@@ -86,6 +101,28 @@ def describe_source(pretrained: str, revision: str | None = None) -> str:
     state = f"cached in {Path(cached).parent}" if cached else \
         ("not cached, and HF_HUB_OFFLINE=1 forbids downloading it" if _offline() else "not cached yet: downloads on first use")
     return f"hub id {pretrained}{rev} ({state})"
+
+
+def native_resolution(pretrained: str, revision: str | None = None) -> int | None:
+    """The image size the model was made for (UNet sample size x VAE scale), read from its config files without
+    loading weights; None when that cannot be known cheaply (a single file, a hub model not cached, a bad path)."""
+    import json
+
+    try:
+        location, is_local = resolve_pretrained(pretrained)
+        if is_local:
+            root = Path(location)
+            unet, vae = root / "unet" / "config.json", root / "vae" / "config.json"
+        else:
+            unet, vae = (_cached_file(pretrained, f"{c}/config.json", revision) for c in ("unet", "vae"))
+        if not (unet and vae and Path(unet).is_file() and Path(vae).is_file()):
+            return None
+        sample = json.loads(Path(unet).read_text(encoding="utf-8"))["sample_size"]
+        blocks = len(json.loads(Path(vae).read_text(encoding="utf-8"))["block_out_channels"])
+        size = int(sample if isinstance(sample, int) else sample[0]) * 2 ** (blocks - 1)
+    except (SdLoraError, OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return size if size >= 8 and size % 8 == 0 else None
 
 
 def _offline() -> bool:

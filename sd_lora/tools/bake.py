@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from sd_lora.errors import SdLoraError
-from sd_lora.fileio import atomic_path
+from sd_lora.fileio import atomic_path, is_write_failure, remove_stale_temporaries, write_failure_reason
 from sd_lora.tools.bake_layout import plan_original
 from sd_lora.tools.deltas import apply_delta, module_shape, read_adapter
 from sd_lora.tools.merge import parse_weighted
@@ -52,6 +52,11 @@ class BakeReport:
         return f"baked {parts} into {self.output} ({self.kind}, {self.family}, {self.route}) in {self.seconds:.0f} s"
 
 
+# What a diffusers pipeline folder holds: a folder of only these (with model_index.json) is an earlier output.
+_MODEL_ENTRIES = {"model_index.json", "unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                  "scheduler", "feature_extractor", "safety_checker", "image_encoder"}
+
+
 def _check_paths(model, loras, output: Path) -> None:
     for src in [model, *[p for p, _ in loras]]:
         if isinstance(src, (str, Path)) and Path(src).exists() and (
@@ -59,6 +64,12 @@ def _check_paths(model, loras, output: Path) -> None:
             raise SdLoraError(f"{output}: the output path is also an input; write to another path.")
     if output.suffix == ".safetensors" and output.is_dir():
         raise SdLoraError(f"{output}: is a directory; a single-file output needs a file name.")
+    if output.suffix != ".safetensors" and output.is_dir():
+        others = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir() if p.name not in _MODEL_ENTRIES)
+        if others or (any(output.iterdir()) and not (output / "model_index.json").is_file()):
+            raise SdLoraError(f"{output}: the folder already holds files that are not a diffusers model "
+                              f"({', '.join(others[:5]) or 'no model_index.json'}); the baked model replaces the "
+                              "whole folder, so choose a new or empty folder. Nothing was written.")
 
 
 def _free_space(path: Path, need: int) -> None:
@@ -174,6 +185,7 @@ def _save_folder(pipe, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SdLoraError(f"{out}: exists and is not a folder; a diffusers output needs a folder path.")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         pipe.save_pretrained(str(tmp))
@@ -186,8 +198,9 @@ def _save_folder(pipe, out: Path) -> None:
             os.replace(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise SdLoraError(f"{out}: could not write the folder ({e}); nothing was changed.") from None
+        if isinstance(e, Exception) and is_write_failure(e):
+            raise SdLoraError(f"{out}: could not write the folder: {write_failure_reason(e)}; nothing was changed. "
+                              "Free some space or fix the permissions, or choose another output folder.") from None
         raise
 
 
@@ -223,7 +236,9 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
         try:
             found, counts = _stream(src, output, pairs, family, dtype, allow_pickle, progress)
         except OSError as e:
-            raise SdLoraError(f"{output}: could not write the checkpoint ({e}); nothing was written.") from None
+            raise SdLoraError(f"{output}: could not write the checkpoint ({write_failure_reason(e)}); nothing was "
+                              "written. Free some space or fix the folder's permissions, or choose another "
+                              "output path.") from None
         return BakeReport(output, "single-file", found, counts, time.monotonic() - start, "stream")
     if src is not None:
         from sd_lora.models.load import load_pipeline
@@ -245,8 +260,12 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
 
         try:
             save_single_file(pipe, output, found)
-        except OSError as e:
-            raise SdLoraError(f"{output}: could not write the checkpoint ({e}); nothing was written.") from None
+        except Exception as e:
+            if not is_write_failure(e):
+                raise
+            raise SdLoraError(f"{output}: could not write the checkpoint ({write_failure_reason(e)}); nothing was "
+                              "written. Free some space or fix the folder's permissions, or choose another "
+                              "output path.") from None
     else:
         _save_folder(pipe, output)
     return BakeReport(output, "single-file" if single_out else "diffusers", found, counts,

@@ -160,6 +160,8 @@ def write_adapter(path, weights: AdapterWeights, family: str, unet_config, *, sa
             modules = _read_back(tmp, path, weights, tensors, family, unet_config, components, digest)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise SdLoraError(f"{path}: the disk filled up while writing; nothing was written.") from None
-        raise SdLoraError(f"{path}: could not write the file ({e}); nothing was written.") from None
+            raise SdLoraError(f"{path}: the disk filled up while writing; nothing was written. Free some space "
+                              "or write to another disk.") from None
+        raise SdLoraError(f"{path}: could not write the file ({e.strerror or e}); nothing was written. Free some "
+                          "space or fix the folder's permissions, or choose another output path.") from None
     return WriteReport(path, adapter_type(weights), modules, size)

@@ -35,11 +35,13 @@ def read_header(path: Path) -> tuple[dict, dict[str, str], int]:
             raise SdLoraError(f"{path}: file is truncated ({size} bytes); not a safetensors file.")
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
-            raise SdLoraError(f"{path}: header length {n} is larger than the file: truncated or not safetensors.")
+            raise SdLoraError(f"{path}: the header length in its first 8 bytes is larger than the file: "
+                              "truncated or not safetensors.")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SdLoraError(f"{path}: the safetensors header is not valid JSON ({e}).") from None
+            where = f"byte {e.start}" if isinstance(e, UnicodeDecodeError) else f"character {e.pos}"
+            raise SdLoraError(f"{path}: the safetensors header is not valid JSON (at {where}).") from None
     if not isinstance(header, dict):
         raise SdLoraError(f"{path}: the safetensors header is not a JSON object.")
     metadata = {str(k): str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}

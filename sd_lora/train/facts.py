@@ -45,7 +45,7 @@ def training_facts(recipe) -> dict:
         "family": recipe.family, "prediction_type": recipe.prediction_type, "adapter_type": adapter_type,
         "network_args": network_args, "title": c.output.name, "output_name": c.output.name,
         "resolution": c.data.resolution, "steps": recipe.state.global_step, "max_train_steps": recipe.max_steps,
-        "epochs": recipe.state.epoch, "learning_rate": t.learning_rate, "unet_lr": t.unet_lr or t.learning_rate,
+        "epochs": -(-recipe.max_steps // recipe.steps_per_epoch),  # the planned count, as the plan prints it "learning_rate": t.learning_rate, "unet_lr": t.unet_lr or t.learning_rate,
         "text_encoder_lr": (t.text_encoder_lr or t.learning_rate) if n.train_text_encoder else None,
         "lr_scheduler": t.lr_scheduler, "lr_warmup_steps": t.lr_warmup_steps, "optimizer": t.optimizer,
         "seed": t.seed, "num_train_images": sc.train_images, "num_reg_images": sc.reg_images,

@@ -14,6 +14,12 @@ _PACKAGES = {"lion": ("lion_pytorch", "lion-pytorch", "lion"), "came": ("came_py
              "adamw_schedulefree": ("schedulefree", "schedulefree", "schedulefree")}
 
 
+def optimizer_package(name: str) -> tuple[str, str, str] | None:
+    """(module, pip package, sd-lora extra) the optimiser `name` needs, or None for torch's own."""
+    extra = {"adamw8bit": ("bitsandbytes", "bitsandbytes", "bnb"), "prodigy": ("prodigyopt", "prodigyopt", "prodigy")}
+    return {**extra, **_PACKAGES}.get(name)
+
+
 def param_groups(models: dict[str, torch.nn.Module], train_cfg, block_weight=None) -> list[dict]:
     """One group per component (and per A/B side with LoRA+), each with its own learning rate; with
     `block_weight(name) -> float` (network.block_lr_weights), UNet groups split by that lr multiplier."""

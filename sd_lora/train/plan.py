@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
-__all__ = ["plan_for", "print_plan"]
+__all__ = ["plan_for", "print_plan", "with_model_defaults"]
+
+
+def with_model_defaults(cfg):
+    """`cfg` with the sizes the user left out taken from the model's native resolution (builtin:tiny is 32 px,
+    SDXL 1024): `data.resolution`, and bucket bounds that contain it. Read from config files; no model loads."""
+    from sd_lora.config.load import with_defaults
+    from sd_lora.models.load import native_resolution
+
+    native = native_resolution(cfg.model.pretrained, cfg.model.revision)
+    if native is None or "data.resolution" in getattr(cfg, "given", {"data.resolution"}):
+        return cfg
+    d = cfg.data
+    values = {"resolution": native}
+    if not d.min_bucket_reso <= native <= d.max_bucket_reso:
+        step = 8 if native < 256 else 64
+        values.update(bucket_reso_steps=step, min_bucket_reso=max(step, native // 2 // step * step),
+                      max_bucket_reso=native * 2)
+    return with_defaults(cfg, {"data": values})
 
 
 def plan_for(cfg, scan, num_processes: int = 1):

@@ -3,7 +3,9 @@
 - the optional packages the config asks for are installed (and CUDA where bitsandbytes needs it);
 - `output.dir` can be created and written (not under a file, not read-only), checked by writing a probe file;
 - once the adapter exists: the disk has room for the adapter files and states the run will keep;
-- one training per `output.dir` at a time (`RunLock`).
+- one training per `output.dir` at a time (`RunLock`);
+- a finished or interrupted run in `output.dir` is never replaced silently: a new run there must resume it or be
+  told to replace it (`--overwrite`), and replaced files are only deleted once the new run has saved something.
 """
 
 from __future__ import annotations
@@ -19,24 +21,54 @@ from pathlib import Path
 
 from sd_lora.errors import SdLoraError
 
-__all__ = ["check_environment", "check_output_dir", "check_free_space", "RunLock", "launched_processes",
-           "needs_cpu_process_group", "check_process_group"]
+__all__ = ["check_environment", "needed_packages", "missing_packages", "check_output_dir", "check_free_space", "RunLock", "launched_processes",
+           "needs_cpu_process_group", "check_process_group", "previous_run_files", "check_previous_run",
+           "set_aside_previous_run", "restore_previous_run", "archive_unsaved_metrics"]
+
+
+def needed_packages(cfg) -> list[tuple[str, str, str]]:
+    """(module, the config setting that needs it, how to install it) for every optional package `cfg` uses."""
+    from sd_lora.train.optim import optimizer_package
+
+    t, needs = cfg.train, []
+    if cfg.output.log_with in ("tensorboard", "wandb"):
+        needs.append((cfg.output.log_with, f"output.log_with = {cfg.output.log_with!r}",
+                      f"pip install 'sd-lora[{cfg.output.log_with}]', or set output.log_with = 'none'"))
+    if t.attention == "xformers":
+        needs.append(("xformers", "train.attention = 'xformers'",
+                      "pip install 'sd-lora[xformers]', or use attention = 'sdpa'"))
+    if cfg.model.quantize:
+        needs.append(("bitsandbytes", f"model.quantize = {cfg.model.quantize!r}", "pip install 'sd-lora[bnb]'"))
+    if (package := optimizer_package(t.optimizer)) is not None:
+        module, name, extra = package
+        needs.append((module, f"train.optimizer = {t.optimizer!r}",
+                      f"pip install 'sd-lora[{extra}]' (the {name} package), or use optimizer = 'adamw'"))
+    return needs
+
+
+def missing_packages(cfg, try_import: bool = False) -> list[str]:
+    """One line per optional package the config needs that is not installed (with `try_import`: that does not
+    import, e.g. a build for another CUDA)."""
+    missing = []
+    for module, setting, fix in needed_packages(cfg):
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{setting} but {module} is not installed: {fix}")
+        elif try_import:
+            try:
+                importlib.import_module(module)
+            except Exception as e:  # a broken install fails in many ways
+                missing.append(f"{setting} but {module}, though installed, does not import "
+                               f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}): {fix}")
+    return missing
 
 
 def check_environment(cfg) -> None:
-    log_with = cfg.output.log_with
-    if log_with in ("tensorboard", "wandb") and importlib.util.find_spec(log_with) is None:
-        raise SdLoraError(f"output.log_with = {log_with!r} but {log_with} is not installed; install it with "
-                          f"`pip install 'sd-lora[{log_with}]'`, or set output.log_with = 'none'")
-    if cfg.train.attention == "xformers" and importlib.util.find_spec("xformers") is None:
-        raise SdLoraError("train.attention = 'xformers' but xformers is not installed; "
-                          "install it with `pip install 'sd-lora[xformers]'` or use attention = 'sdpa'")
+    missing = missing_packages(cfg)
+    if missing:
+        raise SdLoraError("; ".join(missing))
     if cfg.model.quantize:
         import torch
 
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise SdLoraError(f"model.quantize = {cfg.model.quantize!r} needs bitsandbytes: "
-                              "pip install 'sd-lora[bnb]'")
         if not torch.cuda.is_available():
             raise SdLoraError(f"model.quantize = {cfg.model.quantize!r} runs on CUDA only (bitsandbytes); "
                               "remove it to train the unquantised model on this machine")
@@ -95,6 +127,84 @@ def check_free_space(out_dir: Path, adapter_params: int, saves_kept: int) -> Non
         raise SdLoraError(f"output.dir: {out_dir} has {free / 2**20:.1f} MiB free, but this run will write about "
                           f"{needed / 2**20:.1f} MiB (adapter and {saves_kept} state(s) of {adapter_params:,} "
                           "parameters); free some space, lower output.save_last_n, or choose another output.dir")
+
+
+def previous_run_files(out_dir: Path, name: str) -> list[Path]:
+    """What an earlier run left in `out_dir` that this run would replace or mix with: its adapter, config and
+    intermediate adapters under `name`, states (`checkpoints/step-*`) and sample recipes, with its logs. A run
+    killed before it saved anything left only logs (see `archive_unsaved_metrics`)."""
+    import re
+
+    if not out_dir.is_dir():
+        return []
+    own = re.compile(re.escape(name) + r"(\.safetensors|\.config\.toml|-step\d{6,}\.safetensors)")
+    found = [p for p in out_dir.iterdir() if p.is_file() and own.fullmatch(p.name)]
+    if any(p.is_dir() for p in (out_dir / "checkpoints").glob("step-*")):
+        found.append(out_dir / "checkpoints")
+    if (out_dir / "samples").is_dir() and any((out_dir / "samples").iterdir()):
+        found.append(out_dir / "samples")
+    if found and (out_dir / "logs").is_dir():
+        found.append(out_dir / "logs")
+    return sorted(found)
+
+
+def archive_unsaved_metrics(out_dir: Path) -> Path | None:
+    """A new run's metrics never append to those of a run that saved nothing (killed early): that file is renamed
+    `metrics.<its date>.jsonl` beside it."""
+    metrics = out_dir / "logs" / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(metrics.stat().st_mtime))
+    kept = metrics.with_name(f"metrics.{stamp}.jsonl")
+    os.replace(metrics, kept)
+    print(f"note: {metrics} held the metrics of an earlier run that saved nothing; kept as {kept.name}")
+    return kept
+
+
+def check_previous_run(out_dir: Path, name: str, resume: str, overwrite: bool) -> list[Path]:
+    """The earlier run's files when `overwrite` says to replace them; an error when it does not (and the run does
+    not resume); [] when there is nothing to protect or the run continues the earlier one."""
+    found = previous_run_files(out_dir, name)
+    if not found or resume:
+        return []
+    if overwrite:
+        return found
+    shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in found[:6]) + (" ..." if len(found) > 6 else "")
+    raise SdLoraError(f"output.dir: {out_dir} already holds a training run ({shown}); a new run would replace or mix "
+                      "with its adapter, states, metrics and samples. Continue it with --set train.resume=latest, "
+                      "choose another output.dir, or pass --overwrite to replace it (its files are deleted only "
+                      "once the new run has saved). Nothing was trained.")
+
+
+def set_aside_previous_run(out_dir: Path, files: list[Path]) -> Path | None:
+    """Move the replaced run's files into a hidden folder of `out_dir` (one rename each, same disk); the caller
+    deletes it after the new adapter is saved, so a failed new run loses nothing."""
+    if not files:
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=".replaced-run.", dir=out_dir))
+    for path in files:
+        os.replace(path, aside / path.name)
+    print(f"note: --overwrite: the earlier run's files ({len(files)}) are moved to {aside} and deleted when this "
+          "run has saved")
+    return aside
+
+
+def restore_previous_run(out_dir: Path, aside: Path) -> None:
+    """Put the set-aside files back (a new run that failed before saving must not cost the earlier one)."""
+    kept = []
+    for path in sorted(aside.iterdir()):
+        target = out_dir / path.name
+        if target.exists() and target.is_dir() and not any(target.iterdir()):
+            target.rmdir()  # an empty logs/ or samples/ folder this run made
+        if target.exists():
+            kept.append(path.name)
+        else:
+            os.replace(path, target)
+    if kept:
+        print(f"note: this run saved nothing, so the earlier run's files are kept in {aside} ({', '.join(kept)}); "
+              f"move them back into {out_dir} to restore that run")
+    else:
+        aside.rmdir()
 
 
 class RunLock:

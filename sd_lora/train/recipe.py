@@ -57,8 +57,10 @@ class TrainResult:
 
 
 class LoRARecipe:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, overwrite: bool = False):
         self.cfg = cfg
+        self.overwrite = overwrite  # replace an earlier run in output.dir (otherwise refused unless resuming)
+        self.replaced: Path | None = None  # where that run's files wait until this run has saved something
         self.losses: list[float] = []
         self.step_times: list[float] = []  # perf_counter() at the end of each optimiser step
         self.signals = StopSignals()
@@ -97,6 +99,11 @@ class LoRARecipe:
         if self.accelerator.is_main_process:
             preflight.check_output_dir(self.out_dir)
             self.lock.acquire()
+            earlier = preflight.check_previous_run(self.out_dir, self.cfg.output.name, self.cfg.train.resume,
+                                                   self.overwrite)
+            self.replaced = preflight.set_aside_previous_run(self.out_dir, earlier)
+            if not self.cfg.train.resume and not self.replaced:
+                preflight.archive_unsaved_metrics(self.out_dir)
         self.accelerator.wait_for_everyone()
 
     def _setup_data_scan(self) -> None:
@@ -151,6 +158,11 @@ class LoRARecipe:
             if not getattr(model, "is_quantized", False):
                 model.to(device, dtype=weight_dtype)
         self.vae.to(dtype=torch.float32)  # the SD VAE overflows in fp16; it runs once per image
+        if device.type == "cpu":
+            from sd_lora.train.threads import apply_cpu_threads
+
+            self.threads_before = torch.get_num_threads()  # given back in cleanup (a notebook's other work)
+            self.accelerator.print(apply_cpu_threads(t.cpu_threads, sum(p.numel() for p in self.unet.parameters())))
         if t.attention == "xformers":
             self.unet.enable_xformers_memory_efficient_attention()
         if t.gradient_checkpointing:
@@ -203,7 +215,10 @@ class LoRARecipe:
         dataset = build_dataset(d, self.scan, split="train", seed=t.seed,
                                 count_tokens=lambda text: len(tok(text).input_ids) - 2,
                                 max_tokens=d.max_token_length or tok.model_max_length - 2)
-        setup_caches(self, dataset)
+        with write_errors(f"the disk cache ({d.dir or 'the data folders'}/.sd_lora_cache/)",
+                          ", or keep the caches in memory (data.cache_latents_to_disk = false, "
+                          "data.cache_text_encoder_outputs_to_disk = false). Nothing was trained"):
+            setup_caches(self, dataset)
         loader = dict(seed=t.seed, num_workers=d.num_workers, num_processes=acc.num_processes,
                       process_index=acc.process_index, **loader_options(d, acc.device))
         self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, **loader)
@@ -452,6 +467,7 @@ class LoRARecipe:
                 self._export(self.out_dir / f"{o.name}-step{step:06d}.safetensors")
                 checkpoint.prune(self.out_dir, o.save_last_n, o.name)
             self.accelerator.wait_for_everyone()
+        self._drop_replaced()  # this run has files of its own now
 
     def sample(self) -> Path | None:
         from sd_lora.train.samples import render_samples
@@ -494,6 +510,7 @@ class LoRARecipe:
                 from sd_lora.adapters.adalora import format_rank_table
 
                 print(format_rank_table(self.rank_budget.ranks(), self.cfg.network.init_r))
+        self._drop_replaced()
         self.accelerator.wait_for_everyone()
         return result
 
@@ -502,15 +519,30 @@ class LoRARecipe:
         args = " ".join(a if " " not in a else repr(a) for a in sys.argv[1:]) or "train --config CONFIG"
         return f"sd-lora {args} --set train.resume=latest"
 
+    def _drop_replaced(self) -> None:
+        if self.replaced is not None:
+            import shutil
+
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
     def cleanup(self) -> None:
+        if self.replaced is not None:  # this run saved nothing: the earlier run stays as it was
+            preflight.restore_previous_run(self.out_dir, self.replaced)
         self.signals.restore()
         self.lock.release()
+        if getattr(self, "threads_before", None):
+            torch.set_num_threads(self.threads_before)
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
 
 
-def run_training(cfg: Config) -> TrainResult:
-    recipe = LoRARecipe(cfg)
+def run_training(cfg: Config, overwrite: bool = False) -> TrainResult:
+    """Train as `cfg` says. An earlier run in output.dir is an error unless train.resume continues it or
+    `overwrite` replaces it."""
+    from sd_lora.train.plan import with_model_defaults
+
+    recipe = LoRARecipe(with_model_defaults(cfg), overwrite=overwrite)
     try:
         recipe.setup()
         recipe.train()

@@ -122,7 +122,7 @@ def test_missing_lora_in_a_later_prompt_fails_before_any_image(tmp_path, adapter
     (out / "00000-1.png").write_bytes(b"an earlier image")
     before = snapshot(out)
     (tmp_path / "p.jsonl").write_text('{"prompt": "a cat"}\n{"prompt": "a dog <lora:nowhere:0.5>"}\n')
-    result = generate(tmp_path, "--prompt-file", "p.jsonl", "--seed", "1-3")
+    result = generate(tmp_path, "--prompt-file", "p.jsonl", "--seed", "1-3", "--lora-dir", ".")
     assert_user_error(result, "generate", "LoRA 'nowhere' not found")
     assert_unchanged(before, out)
 
