@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "resize": "resize",
     "extract": "extract",
     "bake": "bake",
+    "from-kohya": "from_kohya",
 }
 
 
@@ -40,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         module.add_parser(sub, name)
         sub.choices[name].add_argument("--verbose", action="store_true",
                                        help="show the libraries' own messages and progress bars too")
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # a module may explain what it does not take (kohya options given to train)
+        explain = getattr(modules[args.command], "explain_unknown", None)
+        parser.error((explain and explain(extras)) or f"unrecognized arguments: {' '.join(extras)}")
     set_verbose(args.verbose or is_verbose())
     try:
         return int(modules[args.command].run(args) or 0)
