@@ -128,6 +128,7 @@ INFO_KEYS = {
     "base_model_hash": ("ss_new_sd_model_hash", str),
     "dataset_dirs": ("ss_dataset_dirs", _dataset_dirs),
     "tag_frequency": ("ss_tag_frequency", _tag_frequency),
+    "init_weights": ("sd_lora.init_weights", _json),  # the parent LoRA training started from: file, hash, type
 }
 
 

@@ -61,6 +61,7 @@ def training_facts(recipe) -> dict:
         "dataset_dirs": {s.spec.dir.name: {"n_repeats": s.spec.num_repeats, "img_count": len(s.records)}
                          for s in sc.subsets},
         "tag_frequency": tags,
+        "init_weights": getattr(recipe, "init_weights", None),
         "trigger_words": [c.data.trigger_word] if c.data.trigger_word else [],
         "inference": {"scheduler": c.sample.scheduler, "steps": c.sample.steps,
                       "guidance": c.sample.guidance_scale, "resolution": c.data.resolution,
