@@ -81,8 +81,8 @@ class InitWeights:
             for key in sorted(set(state) ^ set(have)):
                 path = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]
                 if path in layers and path in modules:
-                    problems.append(f"{component}.{key}: {'only in the file' if key in state else 'only in the adapter'}"
-                                    " (a different adapter type or DoRA setting)")
+                    where = "only in the file" if key in state else "only in the adapter"
+                    problems.append(f"{component}.{key}: {where} (a different adapter type or DoRA setting)")
             for path in sorted(set(layers) & set(modules)):
                 problems += _alpha_problem(component, path, layers[path], modules[path], adapter_name)
             states[component] = state

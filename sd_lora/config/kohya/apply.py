@@ -17,7 +17,8 @@ def with_dataset_config(tree: dict, problems: list[str]) -> dict:
     ignores --train_data_dir and --reg_data_dir then, which hides a mistake)."""
     data = dict(tree["data"])
     path = data.pop("config")
-    clash = [k for k in ("dir", "reg_data_dir", "metadata_file") if data.get(k)] + (["subsets"] if data["subsets"] else [])
+    clash = [k for k in ("dir", "reg_data_dir", "metadata_file") if data.get(k)]
+    clash += ["subsets"] if data["subsets"] else []
     if clash:
         problems.append(f"data.config: the kohya dataset config defines the images, so leave out data."
                         f"{', data.'.join(clash)} (or drop data.config)")

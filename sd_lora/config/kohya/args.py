@@ -37,10 +37,6 @@ class Arg:
     flag: bool = False  # store_true in kohya (no value on the command line)
 
 
-def _lower(v):
-    return str(v).lower()
-
-
 def _choice(mapping: dict[str, Any], what: str) -> Callable[[Any], Any]:
     def convert(v):
         key = str(v).lower()
@@ -211,7 +207,7 @@ KOHYA_ARGS: dict[str, Arg] = {
     "huber_schedule": Arg("train.huber_schedule", lambda v: _choice(
         {"constant": "constant", "exponential": "exponential", "snr": "snr"}, "huber_schedule")(v)),
     "huber_c": Arg("train.huber_c", float),
-    "huber_scale": Arg(None, None, None, None),  # refused unless 1 (see _special)
+    "huber_scale": Arg(),  # refused unless 1 (in _translate_one)
     "noise_offset_random_strength": _refuse("random noise-offset strength is not supported; use train.noise_offset"),
     "ip_noise_gamma_random_strength": _refuse("random strength is not supported; use train.ip_noise_gamma"),
     "adaptive_noise_scale": _refuse("adaptive noise scale is not supported; use train.noise_offset"),
@@ -219,7 +215,7 @@ KOHYA_ARGS: dict[str, Arg] = {
                                                  "train.debiased_estimation_loss"),
     "v_pred_like_loss": _refuse("not supported; use train.min_snr_gamma"),
     "weighted_captions": _refuse("weighted captions ((word:1.2)) are not supported in training captions"),
-    "masked_loss": Arg(None),  # see _special: needs alpha_mask
+    "masked_loss": Arg(),  # needs alpha_mask (in _translate_one)
     # output and saving
     "output_dir": Arg("output.dir"),
     "output_name": Arg("output.name"),
@@ -258,7 +254,7 @@ KOHYA_ARGS: dict[str, Arg] = {
     "sample_every_n_steps": Arg("sample.every_n_steps", int),
     "sample_every_n_epochs": _refuse("not supported; use sample.every_n_steps"),
     "sample_at_first": _ignore("sd-lora samples every N steps and at the end", flag=True),
-    "sample_prompts": Arg("sample.prompts"),  # a file: read into the list (see _special)
+    "sample_prompts": Arg("sample.prompts"),  # a file: read into the list (in _translate_one)
     "sample_sampler": Arg("sample.scheduler", _sampler),
     # data
     "train_data_dir": Arg("data.dir"),
@@ -630,5 +626,6 @@ def to_toml(translation: Translation, header: str = "") -> str:
         lines += [f"#   --{name}: {why}" for name, why in translation.ignored]
     for section, values in translation.config.items():
         lines.append(f"\n[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None and not isinstance(v, dict)]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()
+                  if v is not None and not isinstance(v, dict)]
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -114,9 +114,6 @@ DATASET_KEYS: dict[str, Key] = {
     "network_multiplier": Key(_NUM, _DATASET, None, _when(lambda v: v != 1, (
         "not supported: every dataset trains the network at full strength in sd-lora"))),
 }
-# the subset-level keys sd-lora's [data] section also holds, set there when every subset agrees
-_SUBSET_TARGETS = {k.target.split(".", 1)[1] for k in DATASET_KEYS.values() if k.target and
-                   k.target.startswith("subset.")}
 
 
 @dataclass
