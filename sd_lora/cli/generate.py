@@ -68,9 +68,9 @@ def _seed_ranges(args) -> list[range]:
 
 
 def _specs(args):
-    from sd_lora.inference.prompts import PromptSpec, parse_prompt, read_prompt_file
+    from sd_lora.inference.prompts import parse_prompt, prompt_spec, read_prompt_file
 
-    specs = [PromptSpec(p) for p in args.prompt]
+    specs = [prompt_spec(p, "--prompt") for p in args.prompt]
     if args.prompt_file:
         specs += read_prompt_file(args.prompt_file)
     if not specs:
@@ -246,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
     from sd_lora.inference import AdapterSet, canonical_scheduler, iter_images, load_generation_pipeline, \
         parse_lora_arg, set_scheduler, sweep_requests
     from sd_lora.inference.generate import check_requests
+    from sd_lora.inference.prompts import one_scheduler
 
     if args.recipe:
         return _run_recipe(args)
@@ -260,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = _adapter_defaults(args, loras)
     specs, ranges = _specs(args), _seed_ranges(args)
     _check_lora_names(args, loras, specs)
+    scheduler = canonical_scheduler(one_scheduler(specs, scheduler))  # kohya's --ss in the prompts
     out = Path(args.out)
     _check_out(out)
     count, requests, firsts = _requests(args, specs, ranges, [] if (args.fuse or args.sweep) else loras)

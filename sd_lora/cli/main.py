@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "masks": "masks",
     "dataset-report": "dataset_report",
     "studio": "studio",
+    "from-kohya": "from_kohya",
 }
 
 
@@ -46,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         sub.choices[name].add_argument("--verbose", action="store_true",
                                        help="show the libraries' own messages and progress bars too")
     try:
-        args = parser.parse_args(argv)  # --help prints here
+        args, extras = parser.parse_known_args(argv)  # --help prints here
     except BrokenPipeError:
         _quiet_stdout()
         return 141
+    if extras:  # a module may explain what it does not take (kohya options given to train)
+        explain = getattr(modules[args.command], "explain_unknown", None)
+        parser.error((explain and explain(extras)) or f"unrecognized arguments: {' '.join(extras)}")
     set_verbose(args.verbose or is_verbose())
     try:
         code = int(modules[args.command].run(args) or 0)

@@ -1,8 +1,9 @@
-"""`sd-lora train --config FILE [--set section.key=value ...] [--dry-run]`."""
+"""`sd-lora train --config FILE [--set section.key=value ...] [--dry-run]`, or from kohya: `--dataset-config F`,
+`--kohya-args "<a kohya train_network.py command line>"`."""
 
 from __future__ import annotations
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "explain_unknown"]
 
 
 def add_parser(subparsers, name: str) -> None:
@@ -11,6 +12,11 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--config", "-c", help="TOML config file (see train_configs/); omit to use defaults + --set")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.max_steps=100 (repeatable)")
+    p.add_argument("--dataset-config", metavar="FILE",
+                   help="a kohya sd-scripts dataset_config TOML (same as --set data.config=FILE)")
+    p.add_argument("--kohya-args", metavar="'ARGS'",
+                   help="a kohya train_network.py / sdxl_train_network.py command line (one quoted string), "
+                        "translated into the config instead of --config; `sd-lora from-kohya` writes it to a file")
     p.add_argument("--validate", action="store_true", help="check the config and exit (loads no model)")
     p.add_argument("--dry-run", action="store_true", help="print the training plan and exit (loads no UNet)")
     p.add_argument("--overwrite", action="store_true",
@@ -41,12 +47,50 @@ def _validate(cfg, dumped: str) -> int:
     return 0
 
 
-def run(args) -> int:
-    from sd_lora.config.load import dump_config, load_config
+def explain_unknown(extras: list[str]) -> str | None:
+    """An error for kohya options given straight to `sd-lora train`, naming their sd-lora keys."""
+    from sd_lora.config.kohya.names import kohya_target
 
+    options = [e.split("=", 1)[0] for e in extras if e.startswith("--")]
+    known = [(o, kohya_target(o)) for o in options if kohya_target(o)]
+    if not known:
+        return None
+    listed = ", ".join(f"{o} is {t}" for o, t in known)
+    return (f"unrecognized arguments: {' '.join(extras)}\nthese are kohya sd-scripts options ({listed}); pass the "
+            "whole kohya command line as --kohya-args \"...\", translate it once with `sd-lora from-kohya ... --out "
+            "config.toml`, or set the keys with --set SECTION.KEY=VALUE")
+
+
+def _load(args):
+    from sd_lora.config.load import load_config
+
+    overrides = list(args.overrides) + ([f"data.config={_quoted(args.dataset_config)}"]
+                                        if args.dataset_config else [])
+    if not args.kohya_args:
+        return load_config(args.config, overrides)
+    import sys
+
+    from sd_lora.config.kohya.args import translate_args
+    from sd_lora.config.load import config_from_dict, parse_overrides
+    from sd_lora.errors import SdLoraError
+
+    if args.config:
+        raise SdLoraError("give either --config or --kohya-args, not both (add sd-lora keys with --set)")
+    translation = translate_args(args.kohya_args)
+    for name, why in translation.ignored:
+        print(f"note: kohya --{name}: {why}", file=sys.stderr)
+    return config_from_dict(translation.config, "--kohya-args", None, parse_overrides(overrides) or None)
+
+
+def _quoted(path: str) -> str:
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run(args) -> int:
+    from sd_lora.config.load import dump_config
     from sd_lora.train.plan import with_model_defaults
 
-    cfg = with_model_defaults(load_config(args.config, args.overrides))
+    cfg = with_model_defaults(_load(args))
     if args.validate:
         return _validate(cfg, dump_config(cfg))
     if args.dry_run:

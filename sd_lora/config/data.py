@@ -77,6 +77,9 @@ def _check_caption_keys(cfg, where: str) -> list[str]:
 class DataConfig:
     dir: str = _f("", "Folder of images with same-stem caption files, or of kohya repeat folders "
                       "like '10_mychar/' (10 repeats, class tokens 'mychar').", path=True)
+    config: str | None = _f(None, "A kohya sd-scripts dataset_config TOML ([general] / [[datasets]] / "
+                                  "[[datasets.subsets]]); its keys replace data.dir / subsets here "
+                                  "(docs/kohya.md lists how each key maps).", path=True)
     resolution: int = _f(512, "Training size: images are resized on the short side and cropped to it "
                               "(with buckets: the pixel budget is resolution²). When not given: the model's native "
                               "size, read from its config files (builtin:tiny 32, SDXL 1024); 512 when unknown.")

@@ -135,8 +135,11 @@ def _build(cls, data: dict, where: str, problems: list[str], base_dir: Path | No
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
         if key not in fields:
+            from sd_lora.config.kohya.names import unknown_key_hint
+
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
+            hint = unknown_key_hint(key, where) or \
+                (f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(fields)}")
             problems.append(f"{name}: unknown key{hint}")
             continue
         before = len(problems)
@@ -158,6 +161,10 @@ def config_from_dict(data: dict, source: str = "config", base_dir: Path | None =
     if overrides:
         merged = _build(Config, _merge(dump_dict(cfg) if not problems else data, overrides), "", problems, Path.cwd())
         cfg = merged
+    if not problems and cfg.data.config:
+        from sd_lora.config.kohya.apply import with_dataset_config
+
+        cfg = _build(Config, with_dataset_config(dump_dict(cfg), problems), "", problems, None)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
     cfg.given = _given_keys(data) | _given_keys(overrides or {})

@@ -80,6 +80,11 @@ class NetworkConfig:
         "'attn2.to_v', 'attn2.to_out.0'] for cross-attention only.")
     unet_target_regex: str | None = _f(
         None, "A regular expression matched against full UNet module names (instead of preset/unet_targets).")
+    init_weights: str | None = _f(
+        None, "Start from this LoRA file (kohya --network_weights): a community, diffusers or LyCORIS file of the "
+        "same network type, loaded strictly into the adapters before training; its hash is recorded.", path=True)
+    dim_from_weights: bool = _f(False, "Take rank, alpha and conv rank/alpha from network.init_weights (kohya "
+                                       "--dim_from_weights).")
     train_text_encoder: bool = _f(False, "Also train adapters on the text encoder(s).")
     text_encoder_targets: list[str] | None = _f(
         None, "Text-encoder module-name suffixes instead of the preset (attn: q/k/v/out_proj).")
@@ -113,6 +118,8 @@ class NetworkConfig:
                 problems.append(f"network.unet_target_regex: not a valid regular expression: {e}")
         if self.text_encoder_targets is not None and not self.text_encoder_targets:
             problems.append("network.text_encoder_targets: must name at least one module")
+        if self.dim_from_weights and not self.init_weights:
+            problems.append("network.dim_from_weights: needs network.init_weights (the file to read the dims from)")
         for flag in ("dora", "rslora"):
             if getattr(self, flag) and self.type != "lora":
                 problems.append(f"network.{flag}: only applies to type 'lora', not {self.type!r}")

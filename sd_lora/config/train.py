@@ -161,7 +161,22 @@ class SampleConfig:
         if self.guidance_rescale is not None and not 0.0 <= self.guidance_rescale <= 1.0:
             problems.append(f"sample.guidance_rescale: must be between 0 and 1, got {self.guidance_rescale}")
         problems += _check_scheduler(self.scheduler)
+        problems += _check_prompts(self.prompts)
         return finite_first(self, "sample", problems)
+
+
+def _check_prompts(prompts: list[str]) -> list[str]:
+    # kohya's prompt options (--n, --w, ...) are checked here, not at the first sample
+    from sd_lora.errors import SdLoraError
+    from sd_lora.inference.prompts import prompt_spec
+
+    problems = []
+    for i, prompt in enumerate(prompts):
+        try:
+            prompt_spec(prompt, f"sample.prompts[{i}]")
+        except SdLoraError as e:
+            problems.append(str(e))
+    return problems
 
 
 def _check_scheduler(name: str) -> list[str]:

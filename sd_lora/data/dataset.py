@@ -182,11 +182,21 @@ def build_dataset(cfg: DataConfig, scan: ScanReport, split: Literal["train", "va
 
 
 def _train_entries(items: list[Item]) -> list[int]:
-    """Each training image num_repeats times; regularisation images cycled to as many samples as that
-    (kohya's prior-preservation balance), so both halves of the loss see the same number of samples."""
+    """Each training image num_repeats times, then regularisation images counted in exactly as kohya does, so
+    a kohya dataset trains the same number of steps: whole images (each with its num_repeats) until they
+    reach the training samples (the last one may overshoot), then one more sample per image, round-robin."""
     train = [i for i, it in enumerate(items) if not it.spec.is_reg for _ in range(it.spec.num_repeats)]
-    reg = [i for i, it in enumerate(items) if it.spec.is_reg for _ in range(it.spec.num_repeats)]
-    return train + ([reg[k % len(reg)] for k in range(len(train))] if reg else [])
+    reg_items = [i for i, it in enumerate(items) if it.spec.is_reg]
+    reg: list[int] = []
+    for i in reg_items:
+        if len(reg) >= len(train):
+            break
+        reg += [i] * items[i].spec.num_repeats
+    k = 0
+    while reg_items and len(reg) < len(train):
+        reg.append(reg_items[k % len(reg_items)])
+        k += 1
+    return train + reg
 
 
 def _warn_long_captions(dataset: ImageCaptionDataset, count_tokens: Callable[[str], int], max_tokens: int) -> None:

@@ -138,7 +138,7 @@ def _scan_subset(spec: SubsetSpec, report: ScanReport, min_side: int = 1) -> Sub
     if not spec.dir.is_dir():  # a regularisation folder that class-image generation will create
         return SubsetScan(spec, [])
     try:
-        paths = list_images(spec.dir)
+        paths = [] if _is_kohya_json(spec) else list_images(spec.dir)
     except OSError as e:
         _warn(report, f"{spec.where}: skipped the folder {spec.dir}: it cannot be read ({e.strerror or e}); fix its "
                       "permissions (e.g. chmod -R u+rX) to train on its images")
@@ -172,13 +172,24 @@ def _metadata_for(spec: SubsetSpec) -> dict[Path, str]:
     path = spec.metadata_file or spec.dir / "metadata.jsonl"
     if spec.metadata_file is not None and not path.is_file():
         raise SdLoraError(f"{spec.where}: metadata_file {str(path)!r} does not exist")
+    if _is_kohya_json(spec):
+        from sd_lora.data.kohya_metadata import read_kohya_metadata
+
+        return read_kohya_metadata(path, spec.dir)
     return read_metadata(path) if path.is_file() else {}
+
+
+def _is_kohya_json(spec: SubsetSpec) -> bool:
+    """kohya's fine-tuning metadata (a .json object keyed by image): it alone lists the images and captions."""
+    return spec.metadata_file is not None and spec.metadata_file.suffix.lower() == ".json"
 
 
 def _caption_for(path: Path, spec: SubsetSpec, metadata: dict[Path, str],
                  report: ScanReport | None = None) -> tuple[str, str]:
     """Caption file, then metadata.jsonl, then the subset's class tokens, then empty."""
     caption_file = path.with_suffix(spec.caption_extension)
+    if _is_kohya_json(spec) and path.resolve() in metadata:
+        return metadata[path.resolve()], "metadata"
     if caption_file.is_file():
         text = _read_caption(caption_file, report)
         return " ".join(line.strip() for line in text.splitlines() if line.strip()), "file"

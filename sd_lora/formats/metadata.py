@@ -128,6 +128,7 @@ INFO_KEYS = {
     "base_model_hash": ("ss_new_sd_model_hash", str),
     "dataset_dirs": ("ss_dataset_dirs", _dataset_dirs),
     "tag_frequency": ("ss_tag_frequency", _tag_frequency),
+    "init_weights": ("sd_lora.init_weights", _json),  # the parent LoRA training started from: file, hash, type
 }
 
 
@@ -180,7 +181,8 @@ def community_metadata(info: dict) -> dict[str, str]:
     `info` keys: family, prediction_type ("epsilon"/"v_prediction") or v_prediction, adapter_type
     (lora/locon/loha/lokr/dora), network_module, network_dim, network_alpha, network_args (dict), title,
     date, description, trigger_words, inference (dict: scheduler, steps, guidance, clip_skip, resolution,
-    sample_prompts, trigger_words), and any key of `INFO_KEYS`. Missing keys are omitted.
+    sample_prompts, trigger_words), `kohya_fields` ({metadata key: value} for kohya's remaining `ss_*` keys,
+    written as kohya writes them, "None" included), and any key of `INFO_KEYS`. Missing keys are omitted.
     """
     meta = minimum_metadata(info)
     for key, (meta_key, fmt) in INFO_KEYS.items():
@@ -194,7 +196,14 @@ def community_metadata(info: dict) -> dict[str, str]:
         meta["modelspec.trigger_phrase"] = ", ".join(info["trigger_words"])
     if info.get("inference"):
         meta[RECIPE_KEY] = _json(info["inference"])
+    for key, value in (info.get("kohya_fields") or {}).items():  # the rest of kohya's keys, as kohya writes them
+        meta.setdefault(key, _kohya_str(value))
     return meta
+
+
+def _kohya_str(x) -> str:
+    """kohya's own formatting: str() of the value ("None", "True", "0.1"), JSON for tables ("null" for none)."""
+    return json.dumps(x) if isinstance(x, (dict, list)) else str(x)
 
 
 def model_hash(blob: bytes) -> str:

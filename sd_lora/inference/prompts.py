@@ -11,7 +11,8 @@ from pathlib import Path
 from sd_lora.errors import SdLoraError
 
 __all__ = ["LoraRef", "PromptSpec", "MAX_WEIGHT", "SEED_MAX", "check_weight", "check_seed", "parse_prompt",
-           "parse_lora_arg", "parse_loras_field", "read_prompt_file", "parse_seed_ranges", "parse_seeds"]
+           "parse_lora_arg", "parse_loras_field", "read_prompt_file", "parse_seed_ranges", "parse_seeds",
+           "prompt_spec", "KOHYA_PROMPT_OPTIONS", "one_scheduler"]
 
 # An opening `<lora:` / `<lyco:` (A1111 also allows `<lyco:...>` for LyCORIS files); everything up to the next
 # `>` is the tag: `NAME[:TE_WEIGHT[:UNET_WEIGHT]]`, weights also as `te=W` / `unet=W`.
@@ -48,6 +49,7 @@ class PromptSpec:
     width: int | None = None
     height: int | None = None
     loras: list[LoraRef] = field(default_factory=list)
+    scheduler: str | None = None  # kohya's --ss, as an sd-lora scheduler name
 
 
 def check_weight(value: float, where: str) -> float:
@@ -199,7 +201,70 @@ def read_prompt_file(path: str | Path) -> list[PromptSpec]:
     jsonl = path.suffix == ".jsonl" or all(ln.startswith("{") for _, ln in numbered)
     if jsonl:
         return [_jsonl_spec(ln, f"{path}:{n}") for n, ln in numbered]
-    return [PromptSpec(ln) for _, ln in numbered]
+    return [prompt_spec(ln, f"--prompt-file {path}:{n}") for n, ln in numbered]
+
+
+# kohya sd-scripts' sample-prompt options (`a cat --n blurry --w 768 --h 512 --d 42 --s 28 --l 7 --ss euler_a`)
+KOHYA_PROMPT_OPTIONS = {"n": "negative prompt", "w": "width", "h": "height", "d": "seed", "s": "steps",
+                        "l": "guidance scale", "ss": "sampler"}
+_KOHYA_OPTION = re.compile(r"(?:^|\s)--([A-Za-z]+)(?=\s|$)")
+
+
+def prompt_spec(line: str, where: str = "prompt") -> PromptSpec:
+    """A prompt line, with kohya's options parsed when it has any: the text before the first ` --` is the
+    prompt, each `--X value` sets one field. Unknown or malformed options are an error, never prompt text."""
+    if not _KOHYA_OPTION.search(line):
+        return PromptSpec(line)
+    parts = line.split(" --")
+    fields: dict = {}
+    for part in parts[1:]:
+        name, _, value = part.strip().partition(" ")
+        name, value = name.lower(), value.strip()
+        if name not in KOHYA_PROMPT_OPTIONS:
+            known = ", ".join(f"--{k} ({v})" for k, v in KOHYA_PROMPT_OPTIONS.items())
+            raise SdLoraError(f"{where} {line!r}: unknown option --{name}; kohya's prompt options are {known}")
+        if not value:
+            raise SdLoraError(f"{where} {line!r}: --{name} needs a value")
+        if name in fields:
+            raise SdLoraError(f"{where} {line!r}: --{name} is given twice")
+        fields[name] = _kohya_value(name, value, f"{where} {line!r}")
+    return PromptSpec(parts[0].strip(), fields.get("n"), fields.get("d"), fields.get("s"), fields.get("l"),
+                      fields.get("w"), fields.get("h"), scheduler=fields.get("ss"))
+
+
+def _kohya_value(name: str, value: str, where: str):
+    if name == "n":
+        return value
+    if name == "ss":
+        from sd_lora.config.kohya.args import _sampler
+
+        try:
+            return _sampler(value)
+        except ValueError as e:
+            raise SdLoraError(f"{where}: --ss: {e}") from None
+    try:
+        number = float(value) if name == "l" else int(value)
+    except ValueError:
+        raise SdLoraError(f"{where}: --{name} {value!r} is not a {'number' if name == 'l' else 'whole number'}") \
+            from None
+    if name in ("w", "h") and (number < 8 or number % 8):
+        raise SdLoraError(f"{where}: --{name} {number} is not a positive multiple of 8")
+    if name == "s" and not 1 <= number <= 1000:
+        raise SdLoraError(f"{where}: --s {number}: steps must be 1 to 1000")
+    if name == "d":
+        check_seed(number, f"{where}: --d")
+    if name == "l" and not math.isfinite(number):
+        raise SdLoraError(f"{where}: --l {value!r} is not a finite number")
+    return number
+
+
+def one_scheduler(specs: list[PromptSpec], default: str) -> str:
+    """The sampler of a run: the prompts' kohya --ss when they name one (all the same), else `default`."""
+    named = {spec.scheduler for spec in specs if spec.scheduler}
+    if len(named) > 1:
+        raise SdLoraError(f"the prompts name different samplers ({', '.join(sorted(named))}) with --ss; "
+                          "sd-lora generate uses one sampler per run: run each sampler separately")
+    return named.pop() if named else default
 
 
 def check_seed(seed: int, where: str = "--seed") -> int:

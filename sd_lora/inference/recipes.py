@@ -77,7 +77,7 @@ def adapter_defaults(files: list[Path]) -> dict:
         recipe = json.loads(meta.get("sd_lora.inference_recipe", "{}"))
         out = {"zero_terminal_snr": bool(recipe.get("zero_terminal_snr")) or meta.get("ss_zero_terminal_snr") == "True",
                "guidance_rescale": float(recipe.get("guidance_rescale") or 0.0)}
-        if meta.get("ss_clip_skip"):
+        if meta.get("ss_clip_skip") not in (None, "", "None"):  # kohya writes "None" when unset
             out["clip_skip"] = int(meta["ss_clip_skip"])
         size = re.fullmatch(r"\(?\s*(\d+)\s*,\s*(\d+)\s*\)?", meta.get("ss_resolution", ""))
         if size:  # the size the adapter was trained at: (width, height)

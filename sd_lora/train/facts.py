@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 
+from sd_lora.train.kohya_facts import OPTIMIZER_CLASSES, kohya_fields, kohya_model_name
 from sd_lora.train.samples import sample_guidance_rescale, sample_records
 
 __all__ = ["training_facts"]
@@ -45,9 +47,10 @@ def training_facts(recipe) -> dict:
         "family": recipe.family, "prediction_type": recipe.prediction_type, "adapter_type": adapter_type,
         "network_args": network_args, "title": c.output.name, "output_name": c.output.name,
         "resolution": c.data.resolution, "steps": recipe.state.global_step, "max_train_steps": recipe.max_steps,
-        "epochs": -(-recipe.max_steps // recipe.steps_per_epoch),  # the planned count, as the plan prints it "learning_rate": t.learning_rate, "unet_lr": t.unet_lr or t.learning_rate,
+        "epochs": math.ceil(recipe.max_steps / recipe.steps_per_epoch) if hasattr(recipe, "steps_per_epoch")
+        else recipe.state.epoch, "learning_rate": t.learning_rate, "unet_lr": t.unet_lr or t.learning_rate,
         "text_encoder_lr": (t.text_encoder_lr or t.learning_rate) if n.train_text_encoder else None,
-        "lr_scheduler": t.lr_scheduler, "lr_warmup_steps": t.lr_warmup_steps, "optimizer": t.optimizer,
+        "lr_scheduler": t.lr_scheduler, "lr_warmup_steps": t.lr_warmup_steps, "optimizer": OPTIMIZER_CLASSES.get(t.optimizer, t.optimizer),
         "seed": t.seed, "num_train_images": sc.train_images, "num_reg_images": sc.reg_images,
         "batch_size": t.batch_size, "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "gradient_checkpointing": t.gradient_checkpointing, "mixed_precision": t.mixed_precision,
@@ -65,10 +68,12 @@ def training_facts(recipe) -> dict:
         if c.sample.every_n_steps and c.sample.prompts else None, "session_id": uuid.uuid4().int % 2**31,
         "training_started_at": getattr(recipe, "started_at", None),
         "training_finished_at": getattr(recipe, "finished_at", None),
-        "base_model_name": recipe.model_info.name,
+        "base_model_name": kohya_model_name(recipe.model_info.location, recipe.model_info.name),
         "dataset_dirs": {s.spec.dir.name: {"n_repeats": s.spec.num_repeats, "img_count": len(s.records)}
                          for s in sc.subsets},
         "tag_frequency": tags,
+        "init_weights": getattr(recipe, "init_weights", None),
+        "kohya_fields": kohya_fields(recipe),
         "trigger_words": [c.data.trigger_word] if c.data.trigger_word else [],
         "inference": {"scheduler": c.sample.scheduler, "steps": c.sample.steps,
                       "guidance": c.sample.guidance_scale, "resolution": c.data.resolution,

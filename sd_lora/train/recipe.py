@@ -177,10 +177,17 @@ class LoRARecipe:
         self.component_names = ["unet"] + (self._te_names() if n.train_text_encoder else [])
         models = [self.unet] + (self.text_encoders if n.train_text_encoder else [])
         self.modules_adapted = {}
+        init = self._read_init_weights() if n.init_weights else None
         for name, model in zip(self.component_names, models):
-            spec = adapter_spec(n, model, "unet" if name == "unet" else "text_encoder")
-            self.modules_adapted[name] = inject(model, build_peft_config(n.type, spec))
+            if init and n.dim_from_weights:  # the file's modules, ranks and alphas (kohya --dim_from_weights)
+                config = init.peft_config(name, model, n.dropout)
+            else:
+                config = build_peft_config(n.type, adapter_spec(n, model, "unet" if name == "unet" else "text_encoder"))
+            self.modules_adapted[name] = inject(model, config)
             install_lora_dropout(model, n.rank_dropout, n.module_dropout)
+        if init:
+            init.load_into(dict(zip(self.component_names, models)))
+            self.init_weights = init.record()
         self.trained = models
         if self.accelerator.is_main_process:
             o = self.cfg.output
@@ -188,6 +195,15 @@ class LoRARecipe:
             kept = (o.save_last_n or 2) if periodic else 0
             preflight.check_free_space(self.out_dir, sum(p.numel() for m in models for p in trainable_parameters(m)),
                                        kept + int(o.save_state_at_end))
+
+    def _read_init_weights(self):
+        from sd_lora.train.init_weights import read_init_weights
+
+        n = self.cfg.network
+        components = dict(zip(["unet", *self._te_names()], [self.unet, *self.text_encoders]))
+        init = read_init_weights(n.init_weights, components, self.family, self.unet.config, n.type, n.dora)
+        self.accelerator.print(f"network: starting from {n.init_weights} ({init.adapter_type})")
+        return init
 
     def _te_names(self) -> list[str]:
         return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]

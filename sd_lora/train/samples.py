@@ -25,17 +25,22 @@ def sample_records(recipe, step: int, adapter_file: str) -> list[dict]:
     from sd_lora.inference.hashes import base_model_hash
     from sd_lora.inference.schedulers import canonical_scheduler
 
+    from sd_lora.inference.prompts import prompt_spec
+
     cfg = recipe.cfg
     s, t = cfg.sample, cfg.train
     dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(recipe.unet.dtype, "fp32")
-    return [{"index": i, "prompt": p, "negative_prompt": s.negative_prompt, "seed": s.seed + i, "steps": s.steps,
-             "sampler": canonical_scheduler(s.scheduler), "guidance": s.guidance_scale,
+    specs = [prompt_spec(p, "sample.prompts") for p in s.prompts]  # kohya's --n/--w/--h/--d/--s/--l/--ss
+    return [{"index": i, "prompt": p.prompt, "seed": s.seed + i if p.seed is None else p.seed,
+             "negative_prompt": s.negative_prompt if p.negative_prompt is None else p.negative_prompt,
+             "steps": p.steps or s.steps, "sampler": canonical_scheduler(p.scheduler or s.scheduler),
+             "guidance": s.guidance_scale if p.guidance is None else p.guidance,
              "guidance_rescale": sample_guidance_rescale(cfg), "zero_terminal_snr": t.zero_terminal_snr,
-             "width": s.width or cfg.data.resolution, "height": s.height or cfg.data.resolution,
+             "width": p.width or s.width or cfg.data.resolution, "height": p.height or s.height or cfg.data.resolution,
              "clip_skip": t.clip_skip or 1, "scale": 1.0, "dtype": dtype, "family": recipe.family,
              "base_model": recipe.model_info.name, "base_model_location": recipe.model_info.location,
              "base_model_hash": base_model_hash(recipe.model_info.location), "adapter": adapter_file, "step": step}
-            for i, p in enumerate(s.prompts)]
+            for i, p in enumerate(specs)]
 
 
 def render_samples(recipe, step: int, out_dir: Path, adapter_file: str) -> Path:
@@ -47,15 +52,19 @@ def render_samples(recipe, step: int, out_dir: Path, adapter_file: str) -> Path:
         set_scheduler
 
     pipeline, records = recipe.pipeline, sample_records(recipe, step, adapter_file)
-    set_scheduler(pipeline, recipe.cfg.sample.scheduler, recipe.cfg.train.zero_terminal_snr)
     requests = [GenerationRequest(prompt=r["prompt"], negative_prompt=r["negative_prompt"], seed=r["seed"],
                                   steps=r["steps"], guidance=r["guidance"], width=r["width"], height=r["height"],
                                   clip_skip=r["clip_skip"], guidance_rescale=r["guidance_rescale"])
                 for r in records]
     was_training = [m.training for m in (pipeline.unet, pipeline.text_encoder)]
     pipeline.unet.eval()
+    images = [None] * len(requests)
     with torch.no_grad():
-        images = generate_images(pipeline, requests, progress=False)
+        for sampler in dict.fromkeys(r["sampler"] for r in records):  # a prompt may name its own (kohya --ss)
+            which = [i for i, r in enumerate(records) if r["sampler"] == sampler]
+            set_scheduler(pipeline, sampler, recipe.cfg.train.zero_terminal_snr)
+            for i, im in zip(which, generate_images(pipeline, [requests[i] for i in which], progress=False)):
+                images[i] = im
     for module, mode in zip((pipeline.unet, pipeline.text_encoder), was_training):
         module.train(mode)
     folder = Path(out_dir) / f"step-{step:06d}"
