@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from sd_lora.errors import SdLoraError
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.choices[name].add_argument("--verbose", action="store_true",
                                        help="show the libraries' own messages and progress bars too")
     args = parser.parse_args(argv)
+    _expand_home(args)
     set_verbose(args.verbose or is_verbose())
     try:
         return int(modules[args.command].run(args) or 0)
@@ -50,6 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """`~/x` in any path argument means the home folder, as in a shell (a quoted or config-file `~` never reaches
+    one): never a folder named `~` in the current one. Prompt text is left as typed."""
+    def expand(value):
+        if isinstance(value, str) and (value == "~" or value.startswith("~/")):
+            return os.path.expanduser(value)
+        return [expand(v) for v in value] if isinstance(value, list) else value
+
+    for name, value in vars(args).items():
+        if "prompt" not in name:
+            setattr(args, name, expand(value))
 
 
 if __name__ == "__main__":

@@ -197,7 +197,33 @@ def read_prompt_file(path: str | Path) -> list[PromptSpec]:
     jsonl = path.suffix == ".jsonl" or all(ln.startswith("{") for _, ln in numbered)
     if jsonl:
         return [_jsonl_spec(ln, f"{path}:{n}") for n, ln in numbered]
-    return [PromptSpec(ln) for _, ln in numbered]
+    return [_plain_spec(ln, f"{path}:{n}") for n, ln in numbered]
+
+
+# kohya's sample-prompt options after the prompt: --n negative, --w width, --h height, --d seed, --s steps, --l CFG
+_INLINE = {"n": ("negative_prompt", str), "w": ("width", int), "h": ("height", int), "d": ("seed", int),
+           "s": ("steps", int), "l": ("guidance", float)}
+
+
+def _plain_spec(line: str, where: str) -> PromptSpec:
+    """A plain prompt line, with kohya's ` --d 42 --s 20 ...` options (never left in the prompt text)."""
+    prompt, *options = line.split(" --")
+    values: dict = {}
+    for option in options:
+        letter, _, value = option.strip().partition(" ")
+        if letter not in _INLINE:
+            raise SdLoraError(f"{where}: unknown option '--{letter}' after the prompt; a prompt line takes "
+                              "--n NEGATIVE, --w WIDTH, --h HEIGHT, --d SEED, --s STEPS, --l GUIDANCE (kohya's)")
+        name, kind = _INLINE[letter]
+        try:
+            values[name] = kind(value.strip())
+        except ValueError:
+            raise SdLoraError(f"{where}: '--{letter} {value.strip()}': {name} must be "
+                              f"{'a whole number' if kind is int else 'a number' if kind is float else 'text'}") from None
+    if "seed" in values:
+        check_seed(values["seed"], where)
+    return PromptSpec(prompt.strip(), values.get("negative_prompt"), values.get("seed"), values.get("steps"),
+                      values.get("guidance"), values.get("width"), values.get("height"))
 
 
 def check_seed(seed: int, where: str = "--seed") -> int:
