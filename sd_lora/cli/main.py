@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from sd_lora.errors import SdLoraError
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if extras:  # a module may explain what it does not take (kohya options given to train)
         explain = getattr(modules[args.command], "explain_unknown", None)
         parser.error((explain and explain(extras)) or f"unrecognized arguments: {' '.join(extras)}")
+    _expand_home(args)
     set_verbose(args.verbose or is_verbose())
     try:
         code = int(modules[args.command].run(args) or 0)
@@ -100,6 +102,19 @@ def _quiet_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """`~/x` in any path argument means the home folder, as in a shell (a quoted or config-file `~` never reaches
+    one): never a folder named `~` in the current one. Prompt text is left as typed."""
+    def expand(value):
+        if isinstance(value, str) and (value == "~" or value.startswith("~/")):
+            return os.path.expanduser(value)
+        return [expand(v) for v in value] if isinstance(value, list) else value
+
+    for name, value in vars(args).items():
+        if "prompt" not in name:
+            setattr(args, name, expand(value))
 
 
 if __name__ == "__main__":

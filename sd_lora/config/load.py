@@ -122,7 +122,9 @@ def _convert(value: Any, tp, where: str, problems: list[str], base_dir: Path | N
         # model.pretrained (path="model") may be a hub id such as org/name: a path only if it looks like one
         looks = looks_like_path(value, base_dir) if is_path == "model" else \
             value.startswith(".") or (base_dir / candidate).exists() or "/" in value
-        if not candidate.is_absolute() and looks:
+        if value.startswith("~") and candidate.is_absolute():  # never a folder literally named '~'
+            value = str(candidate)
+        elif not candidate.is_absolute() and looks:
             value = str((base_dir / candidate).resolve())
     return value
 
@@ -159,8 +161,14 @@ def config_from_dict(data: dict, source: str = "config", base_dir: Path | None =
     problems: list[str] = []
     cfg = _build(Config, data, "", problems, base_dir)
     if overrides:
+        from_file = list(problems)
         merged = _build(Config, _merge(dump_dict(cfg) if not problems else data, overrides), "", problems, Path.cwd())
         cfg = merged
+        given = _dotted_keys(overrides)
+        problems = from_file + [p if p in from_file else _from_set(p, given) for p in problems[len(from_file):]]
+        if problems and source != "the command-line overrides" and all(p.endswith("(given with --set)")
+                                                                       for p in problems):
+            source = "the command-line overrides (--set), not the config file"
     if not problems and cfg.data.config:
         from sd_lora.config.kohya.apply import with_dataset_config
 
@@ -191,6 +199,19 @@ def with_defaults(cfg: Config, values: dict[str, dict]) -> Config:
     return out
 
 
+def _dotted_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in tree.items():
+        keys |= _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return keys
+
+
+def _from_set(problem: str, given: set[str]) -> str:
+    """`problem`, marked when the key it names came from --set (so the user looks there, not in the file)."""
+    key = problem.split(":", 1)[0].split("[", 1)[0].strip()
+    return f"{problem} (given with --set)" if key in given else problem
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Load `path` (None: defaults only), apply `--set` overrides, validate everything."""
     data: dict = {}
@@ -204,7 +225,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise SdLoraError(f"config file {path}: not valid TOML: {e}") from e
+            kind = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}.get(path.suffix.lower())
+            seems = f" (it looks like {kind})" if kind else ""
+            raise SdLoraError(f"config file {path}: not valid TOML{seems}: {e}; a config must be a TOML file "
+                              "(sections like [train], key = value lines; examples in train_configs/)") from e
         base_dir, source = path.resolve().parent, str(path)
     return config_from_dict(data, source, base_dir, parse_overrides(list(overrides)) or None)
 

@@ -182,7 +182,7 @@ def _check_prompts(prompts: list[str]) -> list[str]:
 def _check_scheduler(name: str) -> list[str]:
     # checked here, not at the first sample: a typo would otherwise stop the run with nothing saved
     from sd_lora.errors import SdLoraError
-    from sd_lora.inference.schedulers import canonical_scheduler
+    from sd_lora.config.samplers import canonical_scheduler
 
     try:
         canonical_scheduler(name)

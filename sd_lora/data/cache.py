@@ -36,7 +36,7 @@ from sd_lora.fileio import give_umask_modes
 
 __all__ = ["CACHE_DIRNAME", "CacheStats", "CacheChoice", "LatentStore", "TextStore", "cache_latents",
            "latent_cache_path", "latent_cache_bytes", "text_cache_blocker", "cache_text_outputs", "text_cache_key",
-           "choose_caches", "memory_budget", "module_fingerprint"]
+           "choose_caches", "memory_budget", "module_fingerprint", "check_cache_file"]
 
 log = logging.getLogger("sd_lora.data")
 CACHE_DIRNAME = ".sd_lora_cache"
@@ -49,6 +49,7 @@ class CacheStats:
     reused: int = 0  # images (or captions) whose cache file was still valid
     to_disk: bool = False
     nbytes: int = 0  # what the cache holds in memory (0 when it streams from disk)
+    rebuilt: list[str] = dataclasses.field(default_factory=list)  # "path: why" of each bad cache file re-encoded
 
 
 @dataclass
@@ -170,11 +171,16 @@ def latent_cache_path(item: Item) -> Path:
 
 def cache_latents(dataset: ImageCaptionDataset, encode_latents: Callable[[torch.Tensor], torch.Tensor], *,
                   to_disk: bool = False, batch_size: int = 8, encoder_id: str = "",
-                  dtype: torch.dtype | None = None) -> CacheStats:
+                  dtype: torch.dtype | None = None, latent_channels: int | None = None,
+                  downscale: int | None = None) -> CacheStats:
     """Encode every image once (pixels [B, 3, H, W] in [-1, 1] -> latents [B, C, h, w]) and make `dataset`
     return `latents` instead of `pixel_values`. `encoder_id` names the VAE (e.g. model path and dtype) so a
     different VAE never reuses another's latents. The memory cache holds `dtype` (the dtype the UNet reads,
-    so nothing is lost); files on disk keep the encoder's dtype and are read one sample at a time."""
+    so nothing is lost); files on disk keep the encoder's dtype and are read one sample at a time.
+
+    A disk file with the right key is reused only when it holds what it must (`latents`, and `latents_flipped`
+    with flip_aug, each [latent_channels, h / downscale, w / downscale] when those are given, floating point,
+    finite, readable to the end); any other is re-encoded and listed in `CacheStats.rebuilt`."""
     random_crop = [it.spec.where for it in dataset.items if it.spec.random_crop]
     if random_crop:
         raise SdLoraError(f"{random_crop[0]}: random_crop cannot be combined with cache_latents (a cached latent "
@@ -184,11 +190,15 @@ def cache_latents(dataset: ImageCaptionDataset, encode_latents: Callable[[torch.
     for index, item in enumerate(dataset.items):
         view = dataset.view(item, None)
         key = _cache_key(item, view, encoder_id) if to_disk else ""
-        if to_disk and _stored_key(latent_cache_path(item)) == key:
-            files[index] = latent_cache_path(item)
-            stats.reused += 1
-        else:
-            pending[item.bucket].append((index, view, key))
+        path = latent_cache_path(item)
+        if to_disk:
+            shape = (latent_channels, item.bucket[1] // downscale, item.bucket[0] // downscale) \
+                if latent_channels and downscale else None
+            names = ("latents", "latents_flipped") if item.spec.flip_aug else ("latents",)
+            if _reusable(path, key, lambda: {name: (shape, None) for name in names}, stats):
+                files[index] = path
+                continue
+        pending[item.bucket].append((index, view, key))
     for group in pending.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
@@ -267,10 +277,10 @@ def cache_text_outputs(dataset: ImageCaptionDataset, encode_text: Callable[[list
     captions = sorted(folders)
     stats, memory, files = CacheStats(to_disk=to_disk), {}, {}
 
-    def encoded(chunk: list[str]) -> list[dict[str, torch.Tensor]]:
+    def encoded(chunk: list[str], count: bool = True) -> list[dict[str, torch.Tensor]]:
         with torch.no_grad():
             outputs = _as_tensor_dict(encode_text(chunk))
-        stats.encoded += len(chunk)
+        stats.encoded += len(chunk) if count else 0
         return [{name: t[i].detach().cpu().clone() for name, t in outputs.items()} for i in range(len(chunk))]
 
     pending = captions
@@ -283,12 +293,18 @@ def cache_text_outputs(dataset: ImageCaptionDataset, encode_text: Callable[[list
             memory[captions[0]], pending = first, captions[1:]
     keys = {c: text_cache_key(c, settings) for c in pending} if to_disk else {}
     if to_disk:
-        todo = []
+        todo, template = [], {}
+
+        def expected():  # what every entry must hold: the names, shapes and dtypes of a fresh encoding
+            if not template:
+                fresh = encoded(captions[:1], count=False)[0]
+                template.update({k: (tuple(v.shape), v.dtype) for k, v in fresh.items()})
+            return template
+
         for caption in pending:
             path = text_cache_path(folders[caption], keys[caption])
-            if _stored_key(path) == keys[caption]:
+            if _reusable(path, keys[caption], expected, stats):
                 files[caption] = path
-                stats.reused += 1
             else:
                 todo.append(caption)
         pending = todo
@@ -331,14 +347,45 @@ def _cache_key(item: Item, view: View, encoder_id: str) -> str:
     return digest.hexdigest() + ":" + hashlib.sha256(json.dumps(geometry, sort_keys=True).encode()).hexdigest()
 
 
-def _stored_key(path: Path) -> str | None:
+def check_cache_file(path: Path, expected: dict[str, tuple[tuple[int, ...] | None, torch.dtype | None]]) -> str | None:
+    """Why the cache file at `path` cannot be used (None when it can): it must read to the end and hold exactly
+    the tensors `expected` names, each of its shape and dtype (where given), floating point and finite."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # truncated or overwritten: safetensors reports it in several exception types
+        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    if set(tensors) != set(expected):
+        return f"holds {sorted(tensors)}, expected {sorted(expected)}"
+    for name, (shape, dtype) in expected.items():
+        t = tensors[name]
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            return f"{name} has shape {list(t.shape)}, expected {list(shape)}"
+        if not t.dtype.is_floating_point or (dtype is not None and t.dtype != dtype):
+            want = str(dtype).replace("torch.", "") if dtype is not None else "floating point"
+            return f"{name} is {str(t.dtype).replace('torch.', '')}, expected {want}"
+        if not torch.isfinite(t).all():
+            return f"{name} holds NaN or infinite values"
+    return None
+
+
+def _reusable(path: Path, key: str, expected: Callable[[], dict], stats: CacheStats) -> bool:
+    """A cache file holding `key` and what it must (`check_cache_file`); a damaged one is noted in `stats`."""
     if not path.is_file():
-        return None
+        return False
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("sd_lora_cache_key")
-    except Exception:  # an unreadable cache file is simply rebuilt
-        return None
+            stored = (f.metadata() or {}).get("sd_lora_cache_key")
+    except Exception as e:  # a damaged header: safetensors reports it in several exception types
+        stats.rebuilt.append(f"{path}: unreadable ({type(e).__name__}: {(str(e) or ' ').splitlines()[0][:120]})")
+        return False
+    if stored != key:  # another image, encoder or setting: a plain miss
+        return False
+    problem = check_cache_file(path, expected())
+    if problem:
+        stats.rebuilt.append(f"{path}: {problem}")
+        return False
+    stats.reused += 1
+    return True
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], key: str) -> Path:

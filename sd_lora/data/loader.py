@@ -96,5 +96,9 @@ def build_dataloader(dataset: ImageCaptionDataset, batch_size: int, seed: int, n
                                  shuffle=dataset.train if shuffle is None else shuffle,
                                  num_processes=num_processes, process_index=process_index)
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
+    # The loader's own generator: each iteration draws its worker base seed from it, which would otherwise come
+    # from torch's global generator and shift adapter dropout by one draw after a mid-epoch resume (samples take
+    # their randomness from (seed, epoch, index), so this seed decides nothing else).
     return BucketDataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
-                            persistent_workers=num_workers > 0, pin_memory=pin_memory, **extra)
+                            persistent_workers=num_workers > 0, pin_memory=pin_memory,
+                            generator=torch.Generator().manual_seed(seed), **extra)

@@ -17,7 +17,18 @@ from sd_lora.data.dataset import build_dataset, has_validation
 from sd_lora.data.loader import count_batches
 from sd_lora.data.scan import ImageRecord, ScanReport, SubsetScan
 
-__all__ = ["SubsetPlan", "TrainingPlan", "make_plan", "format_plan", "samples_seen"]
+__all__ = ["SubsetPlan", "TrainingPlan", "make_plan", "format_plan", "samples_seen", "run_length"]
+
+
+def run_length(batches_per_epoch: int, gradient_accumulation_steps: int = 1, max_steps: int | None = None,
+               max_epochs: int | None = None) -> tuple[int, int, int]:
+    """(optimiser steps per epoch, optimiser steps of the run, epochs): the one formula the plan and the training
+    loop share. The optimiser steps at the end of every epoch, so an epoch of B batches is ceil(B / accumulation)
+    steps, its last window shorter when the accumulation does not divide B (kohya counts the same way)."""
+    per_epoch = max(1, math.ceil(batches_per_epoch / gradient_accumulation_steps))
+    if max_epochs:
+        return per_epoch, max_epochs * per_epoch, max_epochs
+    return per_epoch, max_steps or 0, math.ceil((max_steps or 0) / per_epoch)
 
 
 def samples_seen(samples_per_epoch: int, batch_size: int, gradient_accumulation_steps: int = 1,
@@ -49,7 +60,7 @@ class TrainingPlan:
     gradient_accumulation_steps: int
     num_processes: int
     batches_per_epoch: int  # per process
-    steps_per_epoch: float  # optimiser steps; fractional when accumulation spans an epoch boundary
+    steps_per_epoch: int  # optimiser steps (see run_length)
     max_steps: int
     epochs: int
     buckets: dict[Size, int]  # bucket (w, h) -> distinct images
@@ -76,9 +87,7 @@ def make_plan(cfg: DataConfig, scan: ScanReport, *, batch_size: int, gradient_ac
     ds = build_dataset(cfg, planned, split="train", seed=seed)
     per_entry = Counter(ds.entry_buckets())
     batches = count_batches(list(per_entry.values()), batch_size, num_processes)
-    micro_needed = None if max_steps is None else max_steps * gradient_accumulation_steps
-    epochs = max_epochs if max_epochs is not None else math.ceil(micro_needed / batches)
-    steps = max_steps if max_steps is not None else batches * max_epochs // gradient_accumulation_steps
+    per_epoch, steps, epochs = run_length(batches, gradient_accumulation_steps, max_steps, max_epochs)
     entries = Counter(ds.entries)
     subsets = []
     for sub, orig in zip(planned.subsets, scan.subsets):
@@ -90,7 +99,7 @@ def make_plan(cfg: DataConfig, scan: ScanReport, *, batch_size: int, gradient_ac
         subsets=subsets, train_images=sum(s.images for s in subsets if not s.is_reg),
         reg_images=sum(s.images for s in subsets if s.is_reg), samples_per_epoch=len(ds), batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, num_processes=num_processes,
-        batches_per_epoch=batches, steps_per_epoch=batches / gradient_accumulation_steps, max_steps=steps,
+        batches_per_epoch=batches, steps_per_epoch=per_epoch, max_steps=steps,
         epochs=epochs, buckets=dict(Counter(it.bucket for it in ds.items)), validation_images=validation,
         skipped_files=len(scan.skipped), prior_loss_weight=cfg.prior_loss_weight,
         cached=_cache_lines(cfg, ds, train_text_encoder, samples_seen(
@@ -114,13 +123,19 @@ def format_plan(plan: TrainingPlan) -> str:
         f"  samples per epoch: {plan.samples_per_epoch}",
         f"  batch: {plan.batch_size} per process x {plan.gradient_accumulation_steps} accumulation x "
         f"{plan.num_processes} process(es) = {plan.effective_batch_size} effective",
-        f"  batches per epoch (per process): {plan.batches_per_epoch} = {plan.steps_per_epoch:g} optimiser steps",
+        f"  batches per epoch (per process): {plan.batches_per_epoch} = {plan.steps_per_epoch} optimiser steps"
+        + _short_window(plan),
         f"  training length: {plan.max_steps} steps = {plan.epochs} epoch(s)",
         "  buckets (w x h: images):",
     ]
     lines += [f"    {w}x{h}: {n}" for (w, h), n in sorted(plan.buckets.items(), key=lambda kv: (-kv[1], kv[0]))]
     lines.append("  cache: " + ("; ".join(plan.cached) if plan.cached else "nothing cached"))
     return "\n".join(lines)
+
+
+def _short_window(plan: TrainingPlan) -> str:
+    last = plan.batches_per_epoch - (plan.steps_per_epoch - 1) * plan.gradient_accumulation_steps
+    return f" (the last of {last} batch{'es' if last > 1 else ''})" if last < plan.gradient_accumulation_steps else ""
 
 
 def _with_pending_class_images(scan: ScanReport, resolution: int) -> ScanReport:

@@ -9,6 +9,8 @@ level, so a run never shows the same warning twice.
 
 from __future__ import annotations
 
+import codecs
+
 import json
 import logging
 from collections import Counter
@@ -75,7 +77,10 @@ def scan_dataset(cfg: DataConfig) -> ScanReport:
         _warn(report, _skipped_message(report.skipped))
     _summarise_captions(report)
     if report.train_images == 0:
-        folders = ", ".join(sorted({str(s.spec.dir) for s in report.subsets if not s.spec.is_reg})) or "(none)"
+        folders = ", ".join(sorted({str(s.spec.dir) for s in report.subsets if not s.spec.is_reg}))
+        if not folders:
+            raise SdLoraError("no training folder: every data subset is a regularisation set (is_reg = true); set "
+                              "data.dir, or add a [[data.subsets]] table without is_reg, for the images to learn")
         found = "".join(f"\n  {w}" for w in report.warnings)
         skipped = f" ({len(report.skipped)} file(s) skipped)" if report.skipped else ""
         raise SdLoraError(
@@ -92,6 +97,17 @@ def scan_dataset(cfg: DataConfig) -> ScanReport:
             raise SdLoraError(f"{sub.spec.where}: {sub.missing_class_images} class images must be generated but no "
                               "prompt is set; set data.class_prompt (e.g. 'a photo of a dog')")
     return report
+
+
+_UNSUPPORTED = (".gif", ".tif", ".tiff", ".apng", ".avif", ".heic", ".heif", ".jxl")
+
+
+def _unsupported_images(folder: Path) -> list[Path]:
+    """Image files of a format sd-lora does not train on: named as skipped, never dropped without a word."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in _UNSUPPORTED and p.is_file())
+    except OSError:
+        return []
 
 
 def _skipped_message(skipped: list[tuple[Path, str]]) -> str:
@@ -143,6 +159,9 @@ def _scan_subset(spec: SubsetSpec, report: ScanReport, min_side: int = 1) -> Sub
         _warn(report, f"{spec.where}: skipped the folder {spec.dir}: it cannot be read ({e.strerror or e}); fix its "
                       "permissions (e.g. chmod -R u+rX) to train on its images")
         return SubsetScan(spec, [])
+    for path in _unsupported_images(spec.dir):
+        report.skipped.append((path, f"{path.suffix.lower()[1:].upper()} images are not read (an animated one has "
+                                     "several frames, which would train as one); convert it to PNG to train on it"))
     metadata = _metadata_for(spec)
     known = {p.resolve() for p in paths}
     missing = [p for p in metadata if p not in known and not p.is_file()]
@@ -207,6 +226,10 @@ def _read_caption(path: Path, report: ScanReport | None) -> str:
         raw = path.read_bytes()
     except OSError as e:
         raise BadImage(f"its caption file {path.name} cannot be read ({e.strerror or e}); fix its permissions") from None
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: UTF-32 LE's BOM starts alike
+        return _decode_bom(raw, "utf-32", path)
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Windows Notepad's "Unicode"
+        return _decode_bom(raw, "utf-16", path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -225,6 +248,14 @@ def _read_caption(path: Path, report: ScanReport | None) -> str:
     if report is not None:
         _warn(report, message)
     return text
+
+
+def _decode_bom(raw: bytes, encoding: str, path: Path) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise BadImage(f"its caption file {path.name} starts with a {encoding.upper()} byte-order mark but is not "
+                       f"{encoding.upper()} text (byte offset {e.start}); re-save it as UTF-8") from None
 
 
 def _summarise_captions(report: ScanReport) -> None:

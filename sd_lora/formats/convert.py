@@ -21,7 +21,7 @@ from sd_lora.formats.detect import detect_format, guess_family
 from sd_lora.formats.diffusers_format import METADATA_KEY, from_diffusers, to_diffusers
 from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, serialize_with_hashes, unet_layout
 from sd_lora.formats.names import module_to_community
-from sd_lora.formats.safetensors_io import read_tensor_file
+from sd_lora.formats.safetensors_io import metadata_json, read_tensor_file
 
 __all__ = ["CONVERT_KEY", "TARGETS", "convert_state", "convert_file", "layout_config"]
 
@@ -34,10 +34,7 @@ def layout_config(family: str, metadata: dict[str, str], unet_config=None):
     if unet_config is not None:
         return unet_config
     if metadata.get(LAYOUT_KEY):
-        try:
-            return json.loads(metadata[LAYOUT_KEY])
-        except json.JSONDecodeError as e:
-            raise SdLoraError(f"metadata {LAYOUT_KEY!r} is not valid JSON: {e}") from None
+        return metadata_json(metadata[LAYOUT_KEY], f"metadata {LAYOUT_KEY!r}")
     from sd_lora.models.architectures import unet_config as full_size
 
     return unet_layout(full_size(family))
@@ -66,7 +63,7 @@ def _to_community(tensors, metadata, family, unet_config):
     weights, problems = from_diffusers(tensors, metadata)
     if problems:
         raise SdLoraError(f"{len(problems)} key(s) are not diffusers LoRA keys: {problems[:5]}")
-    note = json.loads(metadata.get(CONVERT_KEY) or "{}")
+    note = metadata_json(metadata.get(CONVERT_KEY) or "{}", f"metadata {CONVERT_KEY!r}")
     dtype = getattr(torch, note["alpha_dtype"]) if note.get("alpha_dtype") else None
     out = to_community(weights, family, unet_config)
     for key in list(out):

@@ -22,6 +22,7 @@ import torch
 from sd_lora.errors import SdLoraError
 from sd_lora.formats.community import AdapterWeights
 from sd_lora.formats.names import canonical_text_encoder_path
+from sd_lora.formats.safetensors_io import metadata_json
 
 __all__ = ["METADATA_KEY", "COMPONENTS", "to_diffusers", "from_diffusers", "is_diffusers_key"]
 
@@ -106,10 +107,7 @@ def _parse_config(metadata: dict[str, str]) -> dict[str, dict]:
     raw = metadata.get(METADATA_KEY)
     if not raw:
         return {}
-    try:
-        flat = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise SdLoraError(f"metadata {METADATA_KEY!r} is not valid JSON: {e}") from None
+    flat = metadata_json(raw, f"metadata {METADATA_KEY!r}")
     out: dict[str, dict] = collections.defaultdict(dict)
     for key, value in flat.items():
         component, _, field = key.partition(".")

@@ -17,13 +17,34 @@ from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_bytes
 
 __all__ = ["read_tensor_file", "diffusers_lora_file", "DIFFUSERS_LORA_FILES", "serialize", "write_safetensors",
-           "data_region", "PICKLE_SUFFIXES"]
+           "data_region", "metadata_json", "PICKLE_SUFFIXES"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 _ZIP_MAGIC = b"PK\x03\x04"
 _SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
           "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+
+
+_MAX_JSON_CHARS = 64 << 20  # far above any real record (a 20,000-image ss_tag_frequency is about 2 MB)
+
+
+def metadata_json(text: str, where: str, kind: type = dict):
+    """A JSON value stored as text in a file's metadata, of container type `kind` (dict or list): any other
+    type, broken JSON, too deep a nesting or too large a text is one SdLoraError naming `where`."""
+    what = "an object" if kind is dict else "a list"
+    if len(text) > _MAX_JSON_CHARS:
+        raise SdLoraError(f"{where}: {len(text) / 2**20:.0f} MB of JSON is more than a metadata record ever holds; "
+                          "the file is damaged or not an adapter file")
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else f"not valid JSON ({str(e)[:120]})"
+        raise SdLoraError(f"{where}: {why}; the file is damaged or was not written by sd-lora") from None
+    if not isinstance(value, kind):
+        raise SdLoraError(f"{where}: expected {what} of JSON, found {type(value).__name__}; the file is damaged or "
+                          "was not written by sd-lora")
+    return value
 
 
 def _check_header(path: Path, blob_head: bytes, size: int) -> dict:
@@ -46,15 +67,26 @@ def _check_header(path: Path, blob_head: bytes, size: int) -> dict:
     data_size = size - 8 - n
     for key, info in header.items():
         if key == "__metadata__":
+            if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise SdLoraError(f"{path}: the header's __metadata__ is {type(info).__name__}, not a table of text "
+                                  "values; the file is damaged or not a safetensors file.")
             continue
         try:
             start, end = info["data_offsets"]
+            shape = info["shape"]
+            if not all(type(d) is int and d >= 0 for d in shape) or not all(type(o) is int and o >= 0
+                                                                             for o in (start, end)):
+                raise ValueError
             numel = 1
-            for d in info["shape"]:
-                numel *= int(d)
+            for d in shape:
+                numel *= d
             expected = numel * _SIZES[info["dtype"]]
         except (KeyError, TypeError, ValueError):
-            raise SdLoraError(f"{path}: header entry for tensor {key!r} is malformed.") from None
+            raise SdLoraError(f"{path}: header entry for tensor {key!r} is malformed (shape and offsets must be "
+                              "whole numbers from 0 up, dtype one safetensors knows); the file is damaged.") from None
+        if end - start != expected and end <= data_size:
+            raise SdLoraError(f"{path}: tensor {key!r} has shape {shape} ({expected} bytes of {info['dtype']}) but "
+                              f"its data spans {end - start} bytes: the header is forged or damaged.")
         if end > data_size or end - start != expected:
             raise SdLoraError(f"{path}: tensor {key!r} needs bytes {start}..{end} of the data but the file holds "
                               f"{data_size}: the file is truncated. Re-download or re-export it.")

@@ -262,9 +262,22 @@ def iter_images(pipeline, requests: Iterable[GenerationRequest], *, adapters: Ad
             pipeline.set_progress_bar_config(disable=not progress, desc=f"batch {number}{total}", leave=False)
             arrays = _run_batch(pipeline, batch, adapters)
             for job, array in zip(batch, arrays):
+                _check_finite(array, job)
                 image = Image.fromarray((array * 255).round().clip(0, 255).astype(np.uint8))
                 yield GeneratedImage(image, array, job.request, job.prompt, job.loras, sampler, job.width,
                                      job.height, fused, bool(pipeline.scheduler.config.get("rescale_betas_zero_snr")))
+
+
+def _check_finite(array: np.ndarray, job: _Job) -> None:
+    """A NaN image would be saved black and look like a result: it is an error naming the request instead."""
+    if not np.isfinite(array).all():
+        r = job.request
+        loras = ", ".join(f"{u.name}:{u.weight:g}" for u in job.loras) if job.loras else "none"
+        raise SdLoraError(
+            f"the image for prompt {job.prompt[:60]!r} (seed {r.seed}, LoRAs: {loras}) came out as NaN (it would "
+            "be saved black); nothing was written for it. Usual causes: a LoRA weight far above 1, an adapter or "
+            "model holding NaN or overflowing values (check it with `sd-lora inspect`), or fp16 overflow (try "
+            "--dtype fp32 or bf16)")
 
 
 def generate_images(pipeline, requests: Iterable[GenerationRequest], *, adapters: AdapterSet | None = None,

@@ -33,7 +33,9 @@ def setup_caches(recipe, dataset) -> None:
         to_disk = d.cache_latents_to_disk or size > budget
         encoder_id = f"{recipe.model_info.location}:{vae.dtype}:{module_fingerprint(vae)}"
         stats = cache_latents(dataset, lambda px: encode_latents(vae, px.to(device)), to_disk=to_disk,
-                              encoder_id=encoder_id, dtype=dtype)
+                              encoder_id=encoder_id, dtype=dtype, latent_channels=vae.config.latent_channels,
+                              downscale=factor)
+        _note_rebuilt("latent", stats.rebuilt)
         budget -= stats.nbytes
         where = "streamed from disk" + ("" if d.cache_latents_to_disk else
                                         f" ({size / 2**30:.2f} GiB > budget {(budget + stats.nbytes) / 2**30:.2f} GiB)") \
@@ -48,6 +50,7 @@ def setup_caches(recipe, dataset) -> None:
             stats = cache_text_outputs(dataset, lambda caps: recipe.encode_text(caps, recipe.text_encoders),
                                        to_disk=d.cache_text_encoder_outputs_to_disk, settings=recipe.text_cache_settings,
                                        memory_budget=max(budget, 0))
+        _note_rebuilt("text-encoder output", stats.rebuilt)
         where = "streamed from disk" if stats.to_disk else f"in memory, {stats.nbytes / 2**20:.1f} MiB"
         print(f"text-encoder outputs cached for {stats.encoded + stats.reused} distinct captions "
               f"({stats.encoded} encoded, {stats.reused} reused from the disk cache; {where})")
@@ -55,6 +58,12 @@ def setup_caches(recipe, dataset) -> None:
     elif d.cache_text_encoder_outputs is not False:
         print(f"text-encoder outputs are not cached: {choice.text_reason}")
     release_encoders(recipe, latents_cached, texts_cached)
+
+
+def _note_rebuilt(what: str, rebuilt: list[str]) -> None:
+    if rebuilt:
+        print(f"note: re-encoded {len(rebuilt)} {what} cache file(s) that did not hold what they must "
+              "(damaged or written by something else):\n  " + "\n  ".join(rebuilt))
 
 
 def _unet_dtype(recipe) -> torch.dtype:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sd_lora.train.weighting import debiased_weights, huber_threshold
+
 __all__ = ["diffusion_target", "sample_noise", "sample_timesteps", "min_snr_weights", "per_sample_loss", "training_loss",
            "weighted_mean", "weighted_mse"]
 
@@ -80,8 +82,6 @@ def training_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Ten
                   loss_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The configured loss of train config `t`: (scheduled) huber threshold, masked per-pixel loss, min-SNR or
     debiased-estimation weights, then the batch mean weighted by `loss_weight`."""
-    from sd_lora.train.noise import debiased_weights, huber_threshold
-
     ac = noise_scheduler.alphas_cumprod
     c = huber_threshold(t.huber_schedule, t.huber_c, ac, timesteps, noise_scheduler.config.num_train_timesteps)
     per_sample = per_sample_loss(pred, target, t.loss_type, c, mask)

@@ -2,17 +2,17 @@
 
 - multi-resolution (pyramid) noise: `multires_noise`
 - input perturbation: `perturbed_input_noise`
-- debiased estimation: `debiased_weights`
-- scheduled huber threshold: `huber_threshold`
+- debiased estimation, scheduled huber threshold: `debiased_weights`, `huber_threshold` (in
+  sd_lora.train.weighting, which the loss imports; re-exported here)
 All randomness comes from the caller's generator (reproducible, resumable, independent of the process layout).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from sd_lora.train.weighting import debiased_weights, huber_threshold, snr
 
 __all__ = ["multires_noise", "perturbed_input_noise", "debiased_weights", "huber_threshold", "snr",
            "draw_training_noise"]
@@ -38,31 +38,6 @@ def perturbed_input_noise(noise: torch.Tensor, generator: torch.Generator, gamma
     """Input perturbation (Ning et al. 2023, kohya's ip_noise_gamma): the noise that goes into the UNet input,
     noise + gamma * fresh noise; the training target stays `noise`."""
     return noise + gamma * torch.randn(noise.shape, generator=generator)
-
-
-def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    ac = alphas_cumprod.to(timesteps.device)[timesteps].double()
-    return (ac / (1 - ac)).float()
-
-
-def debiased_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """kohya's `apply_debiased_estimation`: 1/sqrt(SNR) (v-prediction: 1/(SNR+1)), SNR capped at 1000."""
-    s = torch.clamp(snr(alphas_cumprod, timesteps), max=1000.0)
-    return 1 / (s + 1) if prediction_type == "v_prediction" else 1 / torch.sqrt(s)
-
-
-def huber_threshold(schedule: str, huber_c: float, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor,
-                    num_train_timesteps: int) -> float | torch.Tensor:
-    """kohya's scheduled huber_c: constant c; exponential exp(-a·t) with a = -ln(c)/T (c at t = T, 1 at t = 0);
-    snr (1 - c)/(1 + sigma_t)² + c with sigma_t = sqrt((1 - ᾱ_t)/ᾱ_t)."""
-    if schedule == "constant":
-        return huber_c
-    if schedule == "exponential":
-        alpha = -math.log(huber_c) / num_train_timesteps
-        return torch.exp(-alpha * timesteps.float())
-    ac = alphas_cumprod.to(timesteps.device)[timesteps].float()
-    sigmas = ((1.0 - ac) / ac) ** 0.5
-    return (1 - huber_c) / (1 + sigmas) ** 2 + huber_c
 
 
 def draw_training_noise(shape, generator: torch.Generator, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

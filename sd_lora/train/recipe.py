@@ -14,7 +14,6 @@ and on the tiny built-in model on a CPU, and unchanged under `accelerate launch`
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 import warnings
@@ -27,6 +26,7 @@ import torch
 from sd_lora.adapters import adapter_spec, build_peft_config, inject, trainable_parameters
 from sd_lora.config.load import dump_config
 from sd_lora.config.schema import Config
+from sd_lora.data.plan import run_length
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_text, write_errors
 from sd_lora.models.encode import PromptEmbeds, encode_latents, encode_prompts, sdxl_time_ids
@@ -242,8 +242,8 @@ class LoRARecipe:
         if has_validation(d):
             self.val_dataloader = build_dataloader(build_dataset(d, self.scan, split="validation", seed=t.seed),
                                                    batch_size=t.batch_size, **loader)
-        self.steps_per_epoch = max(1, math.ceil(len(self.dataloader) / t.gradient_accumulation_steps))
-        self.max_steps = t.max_epochs * self.steps_per_epoch if t.max_epochs else t.max_steps
+        self.steps_per_epoch, self.max_steps, _ = run_length(len(self.dataloader), t.gradient_accumulation_steps,
+                                                             t.max_steps, t.max_epochs)
 
     def _setup_optimizer(self) -> None:
         t = self.cfg.train
@@ -304,7 +304,7 @@ class LoRARecipe:
             self.dataloader.set_epoch(st.epoch)
             batches = skip_first_batches(self.dataloader, st.batch_in_epoch) if st.batch_in_epoch else self.dataloader
             for batch in batches:
-                window.append(self.train_step(batch))
+                window.append(self.train_step(batch, self._window_scale()))
                 st.batch_in_epoch += 1
                 epoch_end = st.batch_in_epoch == len(self.dataloader)
                 if epoch_end:
@@ -327,9 +327,9 @@ class LoRARecipe:
 
     def _after_optimizer_step(self, window: list[float], bar) -> list[float]:
         """Schedule, record, log, sample and save after an optimiser step; returns the loss window to keep."""
-        st, accum = self.state, self.cfg.train.gradient_accumulation_steps
+        st, size = self.state, self._window_size
         self.lr_scheduler.step()
-        step_loss = sum(window[-accum:]) / min(len(window), accum)
+        step_loss = sum(window[-size:]) / min(len(window), size)
         self.losses.append(step_loss)
         self.step_times.append(time.perf_counter())
         st.global_step += 1
@@ -342,7 +342,18 @@ class LoRARecipe:
         self._periodic(epoch_end=False)
         return window
 
-    def train_step(self, batch: dict) -> float:
+    def _window_scale(self) -> float:
+        """Place the next micro-batch in its accumulation window, which never crosses an epoch's end (see
+        run_length): accelerate steps the optimiser when its counter reaches the window size. Returns the loss
+        scale that makes a short last window weigh as much as a full one (accelerate divides by the full size)."""
+        a, n, b = self.cfg.train.gradient_accumulation_steps, len(self.dataloader), self.state.batch_in_epoch
+        start = b // a * a
+        size = min(a, n - start)
+        self.accelerator.step = a - 1 if b == start + size - 1 else b - start
+        self._window_size = size
+        return a / size
+
+    def train_step(self, batch: dict, scale: float = 1.0) -> float:
         """One micro-batch: forward, backward and (at the end of an accumulation window) an optimiser step."""
         t, acc = self.cfg.train, self.accelerator
         with acc.accumulate(*self.trained):
@@ -352,7 +363,8 @@ class LoRARecipe:
                     f"training loss became {loss.item()} at step {self.state.global_step + 1} (batch: "
                     f"{', '.join(map(str, batch.get('keys', [])))[:200]}); nothing was saved from this step, the last "
                     "saved adapter is intact. Lower train.learning_rate, or use mixed_precision = 'bf16' instead of 'fp16'")
-            acc.backward((loss + self.rank_budget.orthogonality_penalty()) if self.rank_budget else loss)
+            total = (loss + self.rank_budget.orthogonality_penalty()) if self.rank_budget else loss
+            acc.backward(total * scale if scale != 1 else total)
             if acc.sync_gradients and t.max_grad_norm > 0:
                 self.grad_norm = acc.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
                                                      t.max_grad_norm)
