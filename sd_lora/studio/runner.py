@@ -26,7 +26,8 @@ from sd_lora.studio.paths import Roots
 __all__ = ["Runner", "run_dir", "has_state", "BASELINE"]
 
 _PR_SET_PDEATHSIG = 1
-BASELINE = "step-000000"  # the base model's images for the sample prompts, before any training
+BASELINE = "baseline"  # the base model's images for the sample prompts, before any training
+# (beside samples/, not in it: a samples folder with images marks an earlier run that a new `train` refuses to mix with)
 
 
 def _baseline_command(cfg, folder: Path, out: Path) -> list[str]:
@@ -215,13 +216,15 @@ class Runner:
         config_path = folder / "config.toml"
         atomic_write_text(config_path, forms.run_config_text(cfg, out_dir))
         resumed = has_state(out_dir)
-        baseline = out_dir / "samples" / BASELINE
+        baseline = out_dir / BASELINE
         if not resumed and cfg.sample.every_n_steps and cfg.sample.prompts and not baseline.exists():
             self._spawn(run, _baseline_command(cfg, folder, baseline), "baseline", "rendering the step-0 baseline")
             return
         cmd = [sys.executable, "-m", "sd_lora", "train", "--config", str(config_path)]
         if resumed:
             cmd += ["--set", "train.resume=latest"]
+        else:  # the studio's own run folder: a run with no state to resume from starts over (samples of a stop
+            cmd += ["--overwrite"]  # before the first save included); the baseline lives beside samples/
         self._spawn(run, cmd, "train", "resumed from its last state" if resumed else "")
 
     def _spawn(self, run, cmd: list[str], phase: str, message: str) -> None:
@@ -252,7 +255,7 @@ class Runner:
         phase = self._phase.pop(run_id, "train")
         if phase == "baseline" and requested is None:
             # the baseline is a preview: without it the run still trains (its error stays in the log)
-            baseline = run_dir(self.home, run_id) / "output" / "samples" / BASELINE
+            baseline = run_dir(self.home, run_id) / "output" / BASELINE
             if returncode != 0:
                 baseline.mkdir(parents=True, exist_ok=True)  # not tried again on resume
             self.store.update(run_id, status="queued", position=self.store.front_position(), pid=None)

@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from sd_lora.studio.runner import BASELINE
+
 __all__ = ["read_metrics", "progress", "sample_steps", "output_files", "loss_svg", "log_tail"]
 
 _STEP_LINE = re.compile(r"^step (\d+)/(\d+)\s")
@@ -67,15 +69,13 @@ def sample_steps(out_dir: Path) -> list[dict]:
     before training, rendered by `sd-lora generate`) as its grid or its images."""
     folder = out_dir / "samples"
     found = []
-    if not folder.is_dir():
-        return found
-    baseline = folder / "step-000000"
+    baseline = out_dir / BASELINE
     if baseline.is_dir():
         grids = sorted(baseline.glob("grid-*.png"))
         images = grids or sorted(p for p in baseline.glob("*.png"))
         if images:
             found.append({"step": 0, "images": [p.relative_to(out_dir).as_posix() for p in images]})
-    for p in sorted(folder.glob("step*.png")):
+    for p in sorted(folder.glob("step*.png")) if folder.is_dir() else []:
         m = re.fullmatch(r"step(\d+)\.png", p.name)
         if m:
             found.append({"step": int(m.group(1)), "images": [p.relative_to(out_dir).as_posix()]})
