@@ -186,4 +186,5 @@ def test_kohyas_unset_values_read_as_unset():
     from sd_lora.inference.recipes import adapter_defaults
 
     assert _meta(KOHYA_FILE)["ss_clip_skip"] == "None"
-    assert adapter_defaults([KOHYA_FILE]) == {"zero_terminal_snr": False, "guidance_rescale": 0.0}
+    # the size it was trained at comes from its ss_resolution "(64, 64)"
+    assert adapter_defaults([KOHYA_FILE]) == {"zero_terminal_snr": False, "guidance_rescale": 0.0, "resolution": (64, 64)}
