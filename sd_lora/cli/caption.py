@@ -93,6 +93,10 @@ def run(args) -> int:
     from sd_lora.captioning.captioner import load_captioner
     from sd_lora.captioning.run import CaptionJob, caption_folder
 
+    if not Path(args.dir).is_dir():  # before a model loads: a typo costs milliseconds, not a model's load
+        from sd_lora.errors import SdLoraError
+
+        raise SdLoraError(f"{args.dir}: not a folder; give the dataset folder of images to caption")
     settings, recorded_job = _settings(args)
     job_values = {**recorded_job, "folder": args.dir}
     explicit = {"mode": "overwrite" if args.overwrite else "append" if args.append else None,

@@ -36,6 +36,10 @@ def run(args) -> int:
 
     from sd_lora.captioning.masks import MaskSettings, contact_sheet, load_masker, make_masks
 
+    if not Path(args.dir).is_dir():  # before the model loads
+        from sd_lora.errors import SdLoraError
+
+        raise SdLoraError(f"{args.dir}: not a folder; give the dataset folder of images to make masks for")
     settings = MaskSettings(prompts=tuple(args.prompt), model=args.model, revision=args.revision, device=args.device,
                             threshold=args.threshold, floor=args.floor, invert=args.invert,
                             batch_size=args.batch_size)

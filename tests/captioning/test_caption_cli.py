@@ -69,3 +69,11 @@ def test_missing_model_names_the_download_command(tmp_path, hf_home):
 def test_reuse_without_a_record_is_one_error(tmp_path, hf_home):
     done = run_cli("caption", str(_folder(tmp_path / "ds")), "--reuse-settings", hf_home=hf_home)
     assert done.returncode == 2 and "no recorded caption run" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["caption"], ["masks", "--prompt", "person"]])
+def test_a_missing_folder_is_named_before_any_model_is_looked_up(command, tmp_path):
+    result = run_cli(*command, str(tmp_path / "no-such-folder"), "--model", "nobody/absent-model", hf_home=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "no-such-folder: not a folder" in result.stderr and "absent-model" not in result.stderr
+    assert "Traceback" not in result.stderr
