@@ -28,18 +28,28 @@ def method_options(method: str) -> tuple[str, ...]:
     return _OPTIONS.get(method, ())
 
 
-def adapter_spec(network, model: torch.nn.Module, component: str) -> AdapterSpec:
-    """Resolve `network` (the [network] config section) against one model ('unet' or 'text_encoder')."""
-    if component == "unet":
-        targets = resolve_targets(model, "unet", preset=network.preset, suffixes=network.unet_targets,
-                                  regex=network.unet_target_regex)
+def adapter_spec(network, model: torch.nn.Module, component: str, *, presets: dict[str, list[str]] | None = None,
+                 block_index=None) -> AdapterSpec:
+    """Resolve `network` (the [network] config section) against one model: a text encoder (`component` starting
+    with 'text_encoder') or the denoiser ('unet', 'transformer'; `presets` and `block_index` come from its family,
+    default the UNet's)."""
+    denoiser = not component.startswith("text_encoder")
+    if denoiser:
+        if presets is None or block_index is None:
+            from sd_lora.models.families import get_family
+
+            unet = get_family("sd1")
+            presets = presets or unet.target_presets()
+            block_index = block_index or (lambda path: unet.block_index(path, model.config))
+        targets = resolve_targets(model, component, preset=network.preset, suffixes=network.unet_targets,
+                                  regex=network.unet_target_regex, presets=presets)
     else:
         targets = resolve_targets(model, "text_encoder", preset=network.preset, suffixes=network.text_encoder_targets)
     conv_rank = network.conv_rank or network.rank
     conv_alpha = network.conv_alpha if network.conv_alpha is not None else network.alpha
     ranks, alphas = {}, {}
-    if component == "unet":
-        targets, ranks, alphas = block_targets(network, targets, model.config.layers_per_block, conv_rank, conv_alpha)
+    if denoiser:
+        targets, ranks, alphas = block_targets(network, targets, block_index, conv_rank, conv_alpha)
     options = {key: getattr(network, key) for key in method_options(network.type)}
     return AdapterSpec(targets, network.rank, network.alpha, conv_rank, conv_alpha, network.dropout, network.dora,
                        network.rslora, network.lokr_factor, ranks, alphas, options)

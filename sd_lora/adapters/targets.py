@@ -12,13 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from sd_lora.errors import SdLoraError
+from sd_lora.models.families.unet import UNET_PRESETS
 
 __all__ = ["UNET_PRESETS", "TEXT_ENCODER_PRESETS", "ResolvedTargets", "resolve_targets"]
 
-_ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
-_TRANSFORMER = _ATTN + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-_RESNET = ["conv1", "conv2", "time_emb_proj", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
-UNET_PRESETS = {"attn": _ATTN, "attn-mlp": _TRANSFORMER, "full": _TRANSFORMER + _RESNET}
 _TE_ATTN = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TEXT_ENCODER_PRESETS = {"attn": _TE_ATTN, "attn-mlp": _TE_ATTN + ["fc1", "fc2"], "full": _TE_ATTN + ["fc1", "fc2"]}
 
@@ -34,9 +31,12 @@ def _matches(name: str, suffixes: list[str]) -> bool:
 
 
 def resolve_targets(model: torch.nn.Module, component: str, *, preset: str = "attn",
-                    suffixes: list[str] | None = None, regex: str | None = None) -> ResolvedTargets:
-    """Exact names of the Linear/Conv2d modules of `model` to adapt; an SdLoraError if none match."""
-    presets = UNET_PRESETS if component == "unet" else TEXT_ENCODER_PRESETS
+                    suffixes: list[str] | None = None, regex: str | None = None,
+                    presets: dict[str, list[str]] | None = None) -> ResolvedTargets:
+    """Exact names of the Linear/Conv2d modules of `model` to adapt; an SdLoraError if none match.
+    `presets`: the family's denoiser presets (default: the UNet's for a denoiser, CLIP's for a text encoder)."""
+    if presets is None:
+        presets = TEXT_ENCODER_PRESETS if component.startswith("text_encoder") else UNET_PRESETS
     wanted = suffixes if suffixes is not None else presets[preset]
     pattern = re.compile(regex) if regex else None
     names, conv3x3 = [], []

@@ -119,6 +119,7 @@ class DataConfig:
     cache_memory_gb: float | None = _f(
         None, "Most memory (GiB) the in-memory caches may take; past it latents, then text outputs, go to the disk "
               "cache and stream from it. Default: half of the memory available at start.")
+    t5_max_length: int | None = _f(None, "SD3: T5 tokens per caption (default 256, as diffusers and kohya; up to 512).")
     max_token_length: int | None = _f(None, "Caption tokens per image: 75, 150 or 225. Longer captions are split into "
                                             "75-token windows, each encoded with BOS/EOS, and concatenated (as "
                                             "AUTOMATIC1111 and kohya do); default: one window (cut at 75).")
@@ -166,6 +167,8 @@ class DataConfig:
         if self.prefetch_factor is not None and (self.prefetch_factor < 1 or self.num_workers == 0):
             problems.append(f"data.prefetch_factor: needs num_workers > 0 and a value of at least 1, got "
                             f"{self.prefetch_factor} with num_workers = {self.num_workers}")
+        if self.t5_max_length is not None and not 1 <= self.t5_max_length <= 512:
+            problems.append(f"data.t5_max_length: must be 1 to 512 tokens, got {self.t5_max_length}")
         if self.max_token_length is not None and self.max_token_length not in (75, 150, 225):
             problems.append(f"data.max_token_length: must be 75, 150 or 225, got {self.max_token_length}")
         if self.alpha_mask and self.mask_dir:

@@ -20,13 +20,17 @@ __all__ = ["ModelConfig", "NetworkConfig", "TrainConfig", "SampleConfig", "Outpu
 @dataclass
 class ModelConfig:
     pretrained: str = _f("builtin:tiny", "Base model: 'builtin:tiny', a local diffusers directory, a single-file checkpoint (.safetensors/.ckpt), or a hub id (org/name; cached copies load offline).", path="model")
-    family: Literal["sd1", "sd2", "sdxl"] | None = _f(None, "Override the family detected from the model's config.")
+    family: Literal["sd1", "sd2", "sdxl", "sd3"] | None = _f(
+        None, "The model family, for a single-file checkpoint whose keys are ambiguous; a diffusers folder says its own "
+        "family (a contradicting value is an error).")
     prediction_type: Literal["epsilon", "v_prediction"] | None = _f(
         None, "Override the prediction type read from the scheduler config.")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of a hub id.")
     allow_pickle: bool = _f(False, "Allow pickle checkpoints (.ckpt/.pt/.bin). Pickle can run code: only for files you trust.")
     quantize: Literal["nf4", "int8"] | None = _f(
         None, "Load the frozen UNet quantised through bitsandbytes (QLoRA-style; CUDA only).")
+    t5: bool = _f(True, "SD3: load the T5-XXL text encoder (false: its conditioning is zeros, as diffusers allows; "
+                  "saves about 9 GB).")
 
     def validate(self) -> list[str]:
         return [] if self.pretrained.strip() else ["model.pretrained: must not be empty"]

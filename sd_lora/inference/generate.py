@@ -24,6 +24,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.inference.adapters import AdapterSet
 from sd_lora.inference.prompts import SEED_MAX, LoraRef, check_weight, parse_prompt
 from sd_lora.inference.schedulers import scheduler_name
+from sd_lora.models.families import family_of_pipeline
 
 __all__ = ["GenerationRequest", "UsedLora", "GeneratedImage", "check_requests", "generate_images", "iter_images",
            "sweep_requests"]
@@ -123,7 +124,8 @@ def _text_layers(pipe) -> int | None:
 
 def _plan(pipe, requests: Iterable[GenerationRequest], adapters: AdapterSet | None, first: int = 0) -> list[_Job]:
     """Every check that can fail, for every request, before the first image is generated."""
-    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    family = family_of_pipeline(pipe)
+    default = family.native_resolution(dict(getattr(pipe, family.denoiser).config), dict(pipe.vae.config))
     layers = _text_layers(pipe)
     jobs = []
     for i, req in enumerate(requests, start=first):
@@ -173,30 +175,27 @@ def _batches(jobs: list[_Job], batch_size: int, adapters: AdapterSet | None) -> 
 
 def _encode(pipe, job: _Job, cfg: bool) -> dict[str, torch.Tensor | None]:
     """Prompt and negative through the training code's encoder (clip skip, 75-token windows for long prompts:
-    both get as many windows as the longer needs). SDXL's empty negative is zeros when the model asks for it."""
-    from sd_lora.models.encode import encode_prompts, windows_needed
+    both get as many windows as the longer needs), as the family's pipeline takes pre-computed conditioning.
+    An empty negative is zeros where the model asks for it (SDXL's force_zeros_for_empty_prompt)."""
+    from sd_lora.models.encode import windows_needed
 
     r = job.request
-    sdxl = hasattr(pipe, "text_encoder_2")
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if sdxl else [])
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if sdxl else [])
+    family = family_of_pipeline(pipe)
+    parts = family.parts(pipe)
+    denoiser = parts.denoiser
+    options = family.encode_options(denoiser)
     texts = [job.prompt] + ([r.negative_prompt] if cfg else [])
-    windows = max(windows_needed(tok, texts) for tok in tokenizers)
-    family = "sdxl" if sdxl else "sd1"
-    pos = encode_prompts(encoders, tokenizers, [job.prompt], family, r.clip_skip, windows)
+    windows = max(windows_needed(tok, texts) for tok in parts.tokenizers[:2])
+    encode = lambda text: family.encode_prompts(parts.text_encoders, parts.tokenizers, [text], r.clip_skip, windows,
+                                                **options)
+    pos = encode(job.prompt)
     neg = None
     if cfg:
-        zeros = sdxl and not r.negative_prompt and pipe.config.get("force_zeros_for_empty_prompt", False)
-        neg = encode_prompts(encoders, tokenizers, [r.negative_prompt], family, r.clip_skip, windows)
-        if zeros:
-            neg.hidden_states, neg.pooled = torch.zeros_like(pos.hidden_states), torch.zeros_like(pos.pooled)
-    dtype = pipe.unet.dtype
-    out = {"prompt_embeds": pos.hidden_states.to(dtype),
-           "negative_prompt_embeds": None if neg is None else neg.hidden_states.to(dtype)}
-    if sdxl:
-        out.update(pooled_prompt_embeds=pos.pooled.to(dtype),
-                   negative_pooled_prompt_embeds=None if neg is None else neg.pooled.to(dtype))
-    return out
+        neg = encode(r.negative_prompt)
+        if family.zero_negative(pipe, r.negative_prompt):
+            neg.hidden_states = torch.zeros_like(pos.hidden_states)
+            neg.pooled = None if pos.pooled is None else torch.zeros_like(pos.pooled)
+    return family.pipeline_embeds(pos, neg, denoiser.dtype)
 
 
 def _unet_context(jobs: list[_Job], adapters: AdapterSet | None):
@@ -211,7 +210,7 @@ def _unet_context(jobs: list[_Job], adapters: AdapterSet | None):
 
 def _run_batch(pipe, jobs: list[_Job], adapters: AdapterSet | None) -> np.ndarray:
     steps, guidance, width, height, rescale = jobs[0].shape
-    cfg = guidance > 1 and pipe.unet.config.get("time_cond_proj_dim") is None
+    cfg = family_of_pipeline(pipe).uses_cfg(pipe, guidance)
     encoded = []
     for job in jobs:
         if adapters is not None and not adapters.fused:

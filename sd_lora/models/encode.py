@@ -15,14 +15,14 @@ import torch
 
 from sd_lora.errors import SdLoraError
 
-__all__ = ["PromptEmbeds", "tokenize", "token_windows", "windows_needed", "encode_prompts", "sdxl_time_ids",
+__all__ = ["PromptEmbeds", "tokenize", "token_windows", "windows_needed", "clip_hidden", "encode_clip", "sdxl_time_ids",
            "encode_latents"]
 
 
 @dataclass
 class PromptEmbeds:
     hidden_states: torch.Tensor  # [B, 77 * windows, cross_attention_dim]
-    pooled: torch.Tensor | None = None  # SDXL: [B, proj_dim] from the second text encoder
+    pooled: torch.Tensor | None = None  # SDXL: [B, proj_dim] of the second encoder; SD3 / FLUX: the pooled CLIP input
 
     def to(self, device) -> "PromptEmbeds":
         return PromptEmbeds(self.hidden_states.to(device), None if self.pooled is None else self.pooled.to(device))
@@ -58,37 +58,36 @@ def token_windows(tokenizer, captions: list[str], windows: int = 1) -> torch.Ten
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _hidden(te, ids: torch.Tensor, skip: int, sdxl: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states at the clip-skip layer, output[0]) of one encoder."""
+def clip_hidden(te, ids: torch.Tensor, skip: int, penultimate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states at the clip-skip layer, output[0]) of one CLIP encoder. `penultimate`: the model conditions
+    on the layer before the last at clip skip 1 (SDXL, SD3), without the final layer norm; otherwise the last
+    layer, and at clip skip N the N-th from last through the final layer norm (SD1/SD2)."""
     layers = getattr(getattr(te, "module", te), "config").num_hidden_layers
     if skip > layers:
         raise SdLoraError(f"clip skip {skip} is beyond the text encoder's {layers} layers; use 1 (last layer) to "
                           f"{layers}")
-    if not sdxl and skip == 1:
+    if not penultimate and skip == 1:
         out = te(ids)
         return out[0], out[0]
     out = te(ids, output_hidden_states=True)
-    if sdxl:  # SDXL conditions on the penultimate layer at clip skip 1, as the SDXL pipeline does
+    if penultimate:
         return out.hidden_states[-(skip + 1)], out[0]
     inner = getattr(te, "module", te)
     return getattr(inner, "text_model", inner).final_layer_norm(out.hidden_states[-skip]), out[0]
 
 
-def encode_prompts(text_encoders: list, tokenizers: list, captions: list[str], family: str,
-                   clip_skip: int | None = None, windows: int = 1) -> PromptEmbeds:
-    """SD1/SD2: the last hidden state (clip skip N: the N-th from last, through the final layer norm).
-    SDXL: both encoders' penultimate hidden states (clip skip N: one layer further back per step),
-    concatenated, plus the pooled projection of the second. `windows` x 75 tokens per caption."""
+def encode_clip(text_encoders: list, tokenizers: list, captions: list[str], clip_skip: int | None = None,
+                windows: int = 1, penultimate: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each CLIP encoder's hidden states [B, 77 * windows, width] and output[0] of each caption's first window
+    (the pooled projection of a CLIPTextModelWithProjection). `windows` x 75 tokens per caption."""
     device = next(text_encoders[0].parameters()).device  # also works on a DDP-wrapped encoder
-    skip, sdxl, batch = clip_skip or 1, family == "sdxl", len(captions)
-    hidden, pooled = [], None
+    skip, batch = clip_skip or 1, len(captions)
+    hidden, pooled = [], []
     for te, tok in zip(text_encoders, tokenizers):
-        states, first = _hidden(te, token_windows(tok, captions, windows).to(device), skip, sdxl)
+        states, first = clip_hidden(te, token_windows(tok, captions, windows).to(device), skip, penultimate)
         hidden.append(states.reshape(batch, windows * states.shape[1], states.shape[2]))
-        pooled = first[::windows]  # text_embeds of CLIPTextModelWithProjection, first window of each caption
-    if not sdxl:
-        return PromptEmbeds(hidden[0])
-    return PromptEmbeds(torch.cat(hidden, dim=-1), pooled)
+        pooled.append(first[::windows])
+    return hidden, pooled
 
 
 def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, target_size: torch.Tensor) -> torch.Tensor:

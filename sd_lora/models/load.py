@@ -14,13 +14,15 @@ from sd_lora.config.sources import MODEL_FILE_SUFFIXES, looks_like_path
 from sd_lora.errors import SdLoraError
 from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
+from sd_lora.models.families import DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
 
-__all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "detect_family", "inspect_model",
+__all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "inspect_model",
            "load_pipeline", "BUILTIN_DIR"]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 # components a Stable Diffusion pipeline cannot run without (safety checker, feature extractor are optional)
-_REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+_REQUIRED_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
+                        "tokenizer_2", "tokenizer_3", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,8 @@ class BaseModelInfo:
 
     name: str
     location: str
-    family: str  # sd1 | sd2 | sdxl
-    prediction_type: str  # epsilon | v_prediction
+    family: str  # a name in sd_lora.models.families (sd1 | sd2 | sdxl | sd3)
+    prediction_type: str  # epsilon | v_prediction | flow
     is_local: bool
 
 
@@ -104,22 +106,21 @@ def describe_source(pretrained: str, revision: str | None = None) -> str:
 
 
 def native_resolution(pretrained: str, revision: str | None = None) -> int | None:
-    """The image size the model was made for (UNet sample size x VAE scale), read from its config files without
+    """The image size the model was made for (denoiser sample size x VAE scale), read from its config files without
     loading weights; None when that cannot be known cheaply (a single file, a hub model not cached, a bad path)."""
-    import json
-
     try:
         location, is_local = resolve_pretrained(pretrained)
-        if is_local:
-            root = Path(location)
-            unet, vae = root / "unet" / "config.json", root / "vae" / "config.json"
-        else:
-            unet, vae = (_cached_file(pretrained, f"{c}/config.json", revision) for c in ("unet", "vae"))
-        if not (unet and vae and Path(unet).is_file() and Path(vae).is_file()):
+        root = Path(location) if is_local else None
+        if root is None:
+            cached = _cached_file(pretrained, "model_index.json", revision)
+            root = Path(cached).parent if cached else None
+        if root is None or not (root / "model_index.json").is_file():
             return None
-        sample = json.loads(Path(unet).read_text(encoding="utf-8"))["sample_size"]
-        blocks = len(json.loads(Path(vae).read_text(encoding="utf-8"))["block_out_channels"])
-        size = int(sample if isinstance(sample, int) else sample[0]) * 2 ** (blocks - 1)
+        index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
+        folder = _denoiser_folder(index)
+        denoiser = json.loads((root / folder / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((root / "vae" / "config.json").read_text(encoding="utf-8"))
+        size = get_family(detect_family(index, denoiser)).native_resolution(denoiser, vae)
     except (SdLoraError, OSError, ValueError, KeyError, TypeError, IndexError):
         return None
     return size if size >= 8 and size % 8 == 0 else None
@@ -158,13 +159,13 @@ def download_hub_model(repo_id: str, revision: str | None = None) -> str:
                           "login (`hf auth login` for gated models), or use a local folder") from e
 
 
-def detect_family(model_index: dict, unet_config: dict) -> str:
-    """Family from the pipeline class and UNet config (SDXL: text_time embedding; SD2: linear projections)."""
-    if "text_encoder_2" in model_index or unet_config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    if unet_config.get("use_linear_projection") or unet_config.get("cross_attention_dim") == 1024:
-        return "sd2"
-    return "sd1"
+def _denoiser_folder(index: dict) -> str:
+    folder = next((name for name in DENOISER_FOLDERS if name in index), None)
+    if folder is None:
+        raise SdLoraError(f"model.pretrained: a diffusers model without a UNet or transformer "
+                          f"({index.get('_class_name', 'unknown pipeline')}); sd-lora trains "
+                          f"{', '.join(FAMILY_NAMES.values())}")
+    return folder
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -187,12 +188,17 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
         root = Path(cached).parent if cached else None
     if root is not None and root.is_dir():
         index = _read_json(root / "model_index.json", "model_index.json")
-        if "unet" not in index:
-            raise SdLoraError(f"model.pretrained: {pretrained!r} is a diffusers model without a UNet "
-                              f"({index.get('_class_name', 'unknown pipeline')}); sd-lora needs a Stable Diffusion model")
-        detected_family = detect_family(index, _read_json(root / "unet" / "config.json", "unet/config.json"))
+        folder = _denoiser_folder(index)
+        detected_family = detect_family(index, _read_json(root / folder / "config.json", f"{folder}/config.json"))
+        if family and family != detected_family:
+            raise SdLoraError(f"model.family = {family!r} contradicts the model: {pretrained!r} is a "
+                              f"{FAMILY_NAMES[detected_family]} model ({detected_family}) by its model_index.json and "
+                              f"{folder} config; leave model.family out (it is only needed for single files whose "
+                              "keys are ambiguous)")
         sched_path = root / "scheduler" / "scheduler_config.json"
-        if sched_path.is_file():
+        if get_family(detected_family).objective == "flow":
+            detected_pred = "flow"
+        elif sched_path.is_file():
             detected_pred = _read_json(sched_path, "scheduler config").get("prediction_type", "epsilon")
     elif is_local:
         from sd_lora.models.single_file import inspect_single_file
@@ -202,22 +208,29 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
     return BaseModelInfo(pretrained, location, family or detected_family, prediction_type or detected_pred, is_local)
 
 
-def _quantized_unet(location: str, is_local: bool, quantize: str, torch_dtype):
+def _quantized_denoiser(location: str, folder: str, quantize: str, torch_dtype):
+    import importlib
+
     import torch
-    from diffusers import BitsAndBytesConfig, UNet2DConditionModel
+    from diffusers import BitsAndBytesConfig
 
     if quantize == "nf4":
         qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     else:
         qcfg = BitsAndBytesConfig(load_in_8bit=True)
-    return UNet2DConditionModel.from_pretrained(location, subfolder="unet", quantization_config=qcfg,
-                                                local_files_only=is_local, **dtype_kwarg(torch_dtype))
+    config = _read_json(Path(location) / folder / "config.json", f"{folder}/config.json")
+    cls = getattr(importlib.import_module("diffusers"), config["_class_name"])
+    return cls.from_pretrained(location, subfolder=folder, quantization_config=qcfg, local_files_only=True,
+                               **dtype_kwarg(torch_dtype))
 
 
 def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type: str | None = None,
                   torch_dtype=None, allow_pickle: bool = False, quantize: str | None = None,
-                  revision: str | None = None):
+                  revision: str | None = None, options=None):
     """Load the whole diffusers pipeline; returns (pipeline, BaseModelInfo).
+
+    `options(family_name) -> dict`: extra from_pretrained arguments once the family is known (the family's
+    `load_options`, e.g. SD3 without T5).
 
     A hub id is fetched into (or read from) the Hugging Face cache first, then loaded from that folder.
     `quantize` ('nf4' / 'int8') loads the UNet through bitsandbytes (CUDA only; the caller checks).
@@ -245,14 +258,16 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
     _check_diffusers_dir(Path(location), pretrained)
     info = inspect_model(location, family, prediction_type, allow_pickle)
     kwargs = dict(local_files_only=True, **dtype_kwarg(torch_dtype))
+    index = _read_json(Path(location) / "model_index.json", "model_index.json")
     if quantize:
-        kwargs["unet"] = _quantized_unet(location, True, quantize, torch_dtype)
-    if info.family != "sdxl":
+        kwargs[_denoiser_folder(index)] = _quantized_denoiser(location, _denoiser_folder(index), quantize, torch_dtype)
+    if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    kwargs.update(options(info.family) if options else {})
     try:
         pipe = DiffusionPipeline.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as e:
         raise SdLoraError(f"model.pretrained: could not load {pretrained!r} from {location}: {e}") from e
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
+    if getattr(pipe, get_family(info.family).denoiser, None) is None or not hasattr(pipe, "vae"):
         raise SdLoraError(f"model.pretrained: {pretrained!r} is not a Stable Diffusion pipeline ({type(pipe).__name__})")
     return pipe, BaseModelInfo(pretrained, location, info.family, info.prediction_type, is_local)

@@ -6,7 +6,7 @@ import math
 import uuid
 
 from sd_lora.train.kohya_facts import OPTIMIZER_CLASSES, kohya_fields, kohya_model_name
-from sd_lora.train.samples import sample_guidance_rescale, sample_records
+from sd_lora.train.samples import sample_guidance_rescale
 
 __all__ = ["training_facts"]
 
@@ -44,7 +44,7 @@ def training_facts(recipe) -> dict:
             for tag in filter(None, (x.strip() for x in rec.caption.split(","))):
                 counts[tag] = counts.get(tag, 0) + 1
     return {
-        "family": recipe.family, "prediction_type": recipe.prediction_type, "adapter_type": adapter_type,
+        "family": recipe.family.name, "prediction_type": recipe.prediction_type, "adapter_type": adapter_type,
         "network_args": network_args, "title": c.output.name, "output_name": c.output.name,
         "resolution": c.data.resolution, "steps": recipe.state.global_step, "max_train_steps": recipe.max_steps,
         "epochs": math.ceil(recipe.max_steps / recipe.steps_per_epoch) if hasattr(recipe, "steps_per_epoch")
@@ -64,7 +64,7 @@ def training_facts(recipe) -> dict:
         "huber_c": t.huber_c if t.loss_type != "l2" else None, "zero_terminal_snr": t.zero_terminal_snr or None,
         "network_dropout": n.dropout or None, "masked_loss": bool(c.data.alpha_mask or c.data.mask_dir) or None,
         "ema_decay": t.ema_decay, "exported_weights": "ema" if t.ema_decay else "trained",
-        "samples": sample_records(recipe, recipe.state.global_step, recipe._adapter_file())
+        "samples": recipe.sample_records(recipe.state.global_step)
         if c.sample.every_n_steps and c.sample.prompts else None, "session_id": uuid.uuid4().int % 2**31,
         "training_started_at": getattr(recipe, "started_at", None),
         "training_finished_at": getattr(recipe, "finished_at", None),

@@ -14,84 +14,77 @@ import contextlib
 import ctypes
 import gc
 import sys
+from dataclasses import dataclass, field
 
 import torch
 
-_WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-__all__ = ["release_encoders", "restore_encoders", "encoders_for_sampling", "trim_heap", "tune_cpu_allocator"]
+__all__ = ["Released", "release_encoders", "restore_encoders", "encoders_for_sampling", "trim_heap", "tune_cpu_allocator"]
 
 
-def release_encoders(recipe, latents_cached: bool, texts_cached: bool) -> list[str]:
+@dataclass
+class Released:
+    """The frozen encoders that left the device: their names and modules, and how ('cpu' or 'freed')."""
+
+    modules: dict = field(default_factory=dict)  # name ('vae', 'text_encoder', ...) -> module
+    how: str | None = None
+    weight_dtype: torch.dtype = torch.float32  # the text encoders' dtype during training (the VAE is fp32)
+
+
+def release_encoders(vae, text_encoders: dict, latents_cached: bool, texts_cached: bool, *, device,
+                     validation: bool, sampling: bool, train_text_encoder: bool,
+                     weight_dtype: torch.dtype = torch.float32) -> Released:
     """Free (CPU) or offload (GPU) the VAE / text encoders nothing needs any more; returns what was released.
     The validation set is encoded at every validation, so it keeps both; samples keep them on the CPU and
     let a GPU run offload them between samples."""
-    from sd_lora.data import has_validation
-
-    cfg, device = recipe.cfg, recipe.accelerator.device
     offload = device.type != "cpu"
-    free = not has_validation(cfg.data) and (offload or not cfg.sample.every_n_steps)
-    names = []
+    free = not validation and (offload or not sampling)
+    modules = {}
     if latents_cached and free:
-        names.append("vae")
-    if texts_cached and free and not cfg.network.train_text_encoder:
-        names += [f"text_encoder{'' if i == 0 else '_2'}" for i in range(len(recipe.text_encoders))]
-    if not names:
-        return []
-    modules = [recipe.vae] * ("vae" in names) + [te for i, te in enumerate(recipe.text_encoders)
-                                                  if f"text_encoder{'' if i == 0 else '_2'}" in names]
-    for module in modules:
+        modules["vae"] = vae
+    if texts_cached and free and not train_text_encoder:
+        modules.update(text_encoders)
+    if not modules:
+        return Released()
+    for module in modules.values():
         if not getattr(module, "is_quantized", False):
             module.to("cpu" if offload else "meta")
-    recipe.released_encoders = (names, "cpu" if offload else "freed")
     gc.collect()
     if offload:
         torch.cuda.empty_cache() if device.type == "cuda" else None
     else:
         trim_heap()
     what = "moved to the CPU (back on the GPU only for samples)" if offload else "freed (outputs are cached)"
-    print(f"memory: {', '.join(n.replace('_', ' ') for n in names)} {what}")
-    return names
-
-
-def _released_modules(recipe) -> list[torch.nn.Module]:
-    names, _ = getattr(recipe, "released_encoders", ([], None))
-    out = [recipe.vae] if "vae" in names else []
-    return out + [te for i, te in enumerate(recipe.text_encoders) if f"text_encoder{'' if i == 0 else '_2'}" in names]
+    print(f"memory: {', '.join(n.replace('_', ' ') for n in modules)} {what}")
+    return Released(modules, "cpu" if offload else "freed", weight_dtype)
 
 
 @contextlib.contextmanager
-def encoders_for_sampling(recipe):
-    """Offloaded encoders back on the training device for a sample, then off it again (no-op otherwise)."""
-    names, how = getattr(recipe, "released_encoders", ([], None))
-    if how == "freed":
-        restore_encoders(recipe)
-        names, how = [], None
-    modules = _released_modules(recipe) if how == "cpu" else []
+def encoders_for_sampling(released: Released, device, reload):
+    """Offloaded encoders back on the training device for a sample, then off it again; freed ones are reloaded
+    for good through `reload()` (which returns the fresh pipeline). A no-op when nothing was released."""
+    if released.how == "freed":
+        restore_encoders(released, reload(), device)
+    modules = list(released.modules.values()) if released.how == "cpu" else []
     for module in modules:
-        module.to(recipe.accelerator.device)
+        module.to(device)
     try:
         yield
     finally:
         for module in modules:
             module.to("cpu")
-        if modules and recipe.accelerator.device.type == "cuda":
+        if modules and device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def restore_encoders(recipe) -> None:
-    """Reload freed encoder weights from the base model (as loaded for training: same dtype and device)."""
-    from sd_lora.models.load import load_pipeline
-
-    names, how = getattr(recipe, "released_encoders", ([], None))
-    if how != "freed":
+def restore_encoders(released: Released, fresh, device, weight_dtype: torch.dtype | None = None) -> None:
+    """Reload freed encoder weights from `fresh` (the base pipeline loaded again): the VAE in fp32, the text
+    encoders in `weight_dtype` (default: the dtype they were trained beside), on `device`."""
+    if released.how != "freed":
         return
-    m = recipe.cfg.model
-    fresh, _ = load_pipeline(m.pretrained, family=m.family, prediction_type=m.prediction_type,
-                             allow_pickle=m.allow_pickle, quantize=None, revision=m.revision)
-    device = recipe.accelerator.device
-    for name, module in zip(names, _released_modules(recipe)):
+    weight_dtype = weight_dtype or released.weight_dtype
+    for name, module in released.modules.items():
         source = getattr(fresh, name)
-        dtype = torch.float32 if name == "vae" else _WEIGHT_DTYPES[recipe.cfg.train.mixed_precision]
+        dtype = torch.float32 if name == "vae" else weight_dtype
         module.load_state_dict({k: v.to(device, dtype) for k, v in source.state_dict().items()}, assign=True)
         saved = set(source.state_dict())
         for key, buffer in source.named_buffers():  # non-persistent buffers (CLIP's position_ids) too
@@ -99,7 +92,7 @@ def restore_encoders(recipe) -> None:
                 owner, _, leaf = key.rpartition(".")
                 module.get_submodule(owner)._buffers[leaf] = buffer.to(device)
         module.requires_grad_(False)
-    recipe.released_encoders = ([], None)
+    released.modules, released.how = {}, None
 
 
 def trim_heap() -> None:

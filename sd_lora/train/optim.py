@@ -120,12 +120,11 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, train_cfg, total_steps:
                          power=train_cfg.lr_scheduler_power)
 
 
-def block_lr_weight(network, unet):
-    """`name -> lr multiplier` from network.block_lr_weights (kohya's 25 blocks), or None when unset."""
+def block_lr_weight(network, block_index):
+    """`name -> lr multiplier` from network.block_lr_weights (indexed by the family's `block_index`: kohya's 25
+    UNet blocks, SD3's joint blocks), or None when unset."""
     from sd_lora.adapters.blocks import block_value
 
     if not network.block_lr_weights:
         return None
-    per = unet.config.layers_per_block
-    per = per if isinstance(per, int) else per[0]
-    return lambda name: float(block_value(network.block_lr_weights, name, per, 1.0))
+    return lambda name: float(block_value(network.block_lr_weights, name, block_index, 1.0))

@@ -29,13 +29,14 @@ from sd_lora.config.schema import Config
 from sd_lora.data.plan import run_length
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_text, write_errors
-from sd_lora.models.encode import PromptEmbeds, encode_latents, encode_prompts, sdxl_time_ids
+from sd_lora.models.encode import PromptEmbeds, encode_latents
+from sd_lora.models.families import get_family, settings_problems
 from sd_lora.models.load import describe_source, load_pipeline
 from sd_lora.adapters.dropout import install_lora_dropout
-from sd_lora.train import checkpoint, loss as L, memory, preflight, speed, trackers
-from sd_lora.train.caches import setup_caches, validation_loss
+from sd_lora.train import checkpoint, memory, preflight, speed, trackers
+from sd_lora.train.caches import setup_caches, text_cache_settings, validation_loss
+from sd_lora.train.objectives import build_objective
 from sd_lora.train.ema import AdapterEMA, rounded_to
-from sd_lora.train.noise import draw_training_noise
 from sd_lora.train.facts import training_facts
 from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
 from sd_lora.train.progress import Progress
@@ -67,6 +68,7 @@ class LoRARecipe:
         self.validation_losses: list[tuple[int, float]] = []
         self.out_dir = Path(cfg.output.dir)
         self.lock = preflight.RunLock(self.out_dir)
+        self.released = memory.Released()  # encoders freed or offloaded once their outputs are cached
 
     @property
     def stop_signal(self) -> str | None:
@@ -89,7 +91,9 @@ class LoRARecipe:
         self._setup_dataloader()
         self._setup_optimizer()
         self._setup_rank_budget()
-        speed.apply_speed_options(self)  # compile, channels-last, CPU allocator (sd_lora.train.speed)
+        # compile, channels-last, CPU allocator (sd_lora.train.speed)
+        self.denoiser_forward, self.speed_options = speed.apply_speed_options(
+            self.cfg.train, self.accelerator.device, self.denoiser, self.denoiser_forward)
         self._setup_trackers()
         if self.cfg.train.resume:
             self._resume(self.cfg.train.resume)
@@ -134,26 +138,28 @@ class LoRARecipe:
         self.accelerator.register_for_checkpointing(self.state)
 
     def _setup_models(self) -> None:
-        from diffusers import DDPMScheduler
-
         m, t = self.cfg.model, self.cfg.train
         self.accelerator.print(f"model: {describe_source(m.pretrained, m.revision)}")
         pipe, self.model_info = load_pipeline(m.pretrained, family=m.family, prediction_type=m.prediction_type,
-                                              allow_pickle=m.allow_pickle, quantize=m.quantize, revision=m.revision)
-        self.family, self.prediction_type = self.model_info.family, self.model_info.prediction_type
-        self.accelerator.print(f"model: family {self.family}, {self.prediction_type} prediction"
+                                              allow_pickle=m.allow_pickle, quantize=m.quantize, revision=m.revision,
+                                              options=lambda family: get_family(family).load_options(m))
+        self.family, self.prediction_type = get_family(self.model_info.family), self.model_info.prediction_type
+        problems = settings_problems(self.family, self.cfg)
+        if problems:
+            raise SdLoraError(f"{self.family.title} cannot train with these settings:\n  " + "\n  ".join(problems))
+        self.accelerator.print(f"model: family {self.family.name}, {self.prediction_type} prediction"
                                f"{' (overridden in the config)' if m.family or m.prediction_type else ''}")
-        self.noise_scheduler = DDPMScheduler.from_config(
-            pipe.scheduler.config, prediction_type=self.prediction_type,
-            rescale_betas_zero_snr=t.zero_terminal_snr, timestep_spacing="trailing" if t.zero_terminal_snr else "leading")
+        self.objective = build_objective(self.family.objective, pipe.scheduler.config, self.prediction_type, t)
         if t.zero_terminal_snr and self.prediction_type == "epsilon":
             print("warning: train.zero_terminal_snr on an epsilon-prediction model: it cannot learn the last step")
-        self.unet, self.vae = pipe.unet, pipe.vae
-        self.text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if self.family == "sdxl" else [])
-        self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.family == "sdxl" else [])
+        parts = self.family.parts(pipe)
+        self.denoiser, self.vae, self.text_encoders, self.tokenizers = \
+            parts.denoiser, parts.vae, parts.text_encoders, parts.tokenizers
+        self.text_encoder_names = parts.text_encoder_names
+        self.encode_options = self.family.encode_options(self.denoiser, self.cfg.data)
         self.pipeline = pipe  # shares these modules; used for sample images
         weight_dtype, device = _DTYPES[t.mixed_precision], self.accelerator.device
-        for model in (self.unet, self.vae, *self.text_encoders):
+        for model in (self.denoiser, self.vae, *self.text_encoders):
             model.requires_grad_(False)
             if not getattr(model, "is_quantized", False):
                 model.to(device, dtype=weight_dtype)
@@ -162,27 +168,33 @@ class LoRARecipe:
             from sd_lora.train.threads import apply_cpu_threads
 
             self.threads_before = torch.get_num_threads()  # given back in cleanup (a notebook's other work)
-            self.accelerator.print(apply_cpu_threads(t.cpu_threads, sum(p.numel() for p in self.unet.parameters())))
+            self.accelerator.print(apply_cpu_threads(t.cpu_threads, sum(p.numel() for p in self.denoiser.parameters())))
         if t.attention == "xformers":
-            self.unet.enable_xformers_memory_efficient_attention()
+            self.denoiser.enable_xformers_memory_efficient_attention()
         if t.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+            self.denoiser.enable_gradient_checkpointing()
             if self.cfg.network.train_text_encoder:
                 for te in self.text_encoders:  # transformers 5 renamed it (the old name warns)
                     (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
 
     def _setup_adapters(self) -> None:
-        n = self.cfg.network
+        n, family = self.cfg.network, self.family
         torch.manual_seed(self.cfg.train.seed)  # adapter init is seeded
-        self.component_names = ["unet"] + (self._te_names() if n.train_text_encoder else [])
-        models = [self.unet] + (self.text_encoders if n.train_text_encoder else [])
+        trained_te = [(name, te) for name, te in zip(self.text_encoder_names, self.text_encoders)
+                      if family.trainable_text_encoders is None or name in family.trainable_text_encoders]
+        named = [(family.denoiser, self.denoiser)] + (trained_te if n.train_text_encoder else [])
+        self.component_names, models = [name for name, _ in named], [model for _, model in named]
         self.modules_adapted = {}
         init = self._read_init_weights() if n.init_weights else None
-        for name, model in zip(self.component_names, models):
+        for name, model in named:
             if init and n.dim_from_weights:  # the file's modules, ranks and alphas (kohya --dim_from_weights)
                 config = init.peft_config(name, model, n.dropout)
+            elif name == family.denoiser:
+                config = build_peft_config(n.type, adapter_spec(
+                    n, model, name, presets=family.target_presets(),
+                    block_index=lambda path: family.block_index(path, self.denoiser.config)))
             else:
-                config = build_peft_config(n.type, adapter_spec(n, model, "unet" if name == "unet" else "text_encoder"))
+                config = build_peft_config(n.type, adapter_spec(n, model, "text_encoder"))
             self.modules_adapted[name] = inject(model, config)
             install_lora_dropout(model, n.rank_dropout, n.module_dropout)
         if init:
@@ -200,13 +212,10 @@ class LoRARecipe:
         from sd_lora.train.init_weights import read_init_weights
 
         n = self.cfg.network
-        components = dict(zip(["unet", *self._te_names()], [self.unet, *self.text_encoders]))
-        init = read_init_weights(n.init_weights, components, self.family, self.unet.config, n.type, n.dora)
+        components = dict(zip([self.family.denoiser, *self.text_encoder_names], [self.denoiser, *self.text_encoders]))
+        init = read_init_weights(n.init_weights, components, self.family.name, self.denoiser.config, n.type, n.dora)
         self.accelerator.print(f"network: starting from {n.init_weights} ({init.adapter_type})")
         return init
-
-    def _te_names(self) -> list[str]:
-        return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
 
     def _setup_class_images(self) -> None:
         from sd_lora.data import class_images_needed, prepare_class_images
@@ -234,7 +243,18 @@ class LoRARecipe:
         with write_errors(f"the disk cache ({d.dir or 'the data folders'}/.sd_lora_cache/)",
                           ", or keep the caches in memory (data.cache_latents_to_disk = false, "
                           "data.cache_text_encoder_outputs_to_disk = false). Nothing was trained"):
-            setup_caches(self, dataset)
+            self.caches = setup_caches(
+                dataset, data=d, train=t, train_text_encoder=self.cfg.network.train_text_encoder,
+                num_processes=acc.num_processes, device=acc.device, vae=self.vae, latent_dtype=self.denoiser.dtype,
+                model_id=self.model_info.location, encode_text=lambda caps: self.encode_text(caps, self.text_encoders),
+                text_settings=text_cache_settings(self.model_info.location, self.family.name, self.text_encoders, t, d,
+                                                  self.encode_options),
+                autocast=acc.autocast)
+        self.cache_choice, self.text_cache_settings = self.caches.choice, self.caches.text_settings
+        self.released = memory.release_encoders(
+            self.vae, dict(zip(self.text_encoder_names, self.text_encoders)), self.caches.latents, self.caches.texts,
+            device=acc.device, validation=has_validation(d), sampling=bool(self.cfg.sample.every_n_steps),
+            train_text_encoder=self.cfg.network.train_text_encoder, weight_dtype=_DTYPES[t.mixed_precision])
         loader = dict(seed=t.seed, num_workers=d.num_workers, num_processes=acc.num_processes,
                       process_index=acc.process_index, **loader_options(d, acc.device))
         self.dataloader = build_dataloader(dataset, batch_size=t.batch_size, **loader)
@@ -247,7 +267,8 @@ class LoRARecipe:
 
     def _setup_optimizer(self) -> None:
         t = self.cfg.train
-        groups = param_groups(dict(zip(self.component_names, self.trained)), t, block_lr_weight(self.cfg.network, self.unet))
+        groups = param_groups(dict(zip(self.component_names, self.trained)), t, block_lr_weight(
+            self.cfg.network, lambda path: self.family.block_index(path, self.denoiser.config)))
         self.optimizer = build_optimizer(groups, t, self.accelerator.device)
         self.ema = AdapterEMA([p for g in groups for p in g["params"]], t.ema_decay) if t.ema_decay else None
         if self.ema:  # saved with every resumable state
@@ -258,10 +279,9 @@ class LoRARecipe:
         # stepped by us once per optimiser step (accelerate would step it once per process).
         self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.max_steps)
         # Forward passes go through the prepared wrappers (DDP syncs gradients in their hooks).
-        self.unet_forward = self.trained[0]
+        self.denoiser_forward = self.trained[0]
         wrapped = dict(zip(self.component_names, self.trained))
-        self.text_encoders_forward = [wrapped.get(name, te) for name, te in
-                                      zip(["text_encoder", "text_encoder_2"], self.text_encoders)]
+        self.text_encoders_forward = [wrapped.get(name, te) for name, te in zip(self.text_encoder_names, self.text_encoders)]
         checkpoint.install_adapter_only_hooks(self.accelerator, self.component_names)
 
     def _setup_rank_budget(self) -> None:
@@ -376,38 +396,32 @@ class LoRARecipe:
 
     def compute_loss(self, batch: dict, noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None,
                      input_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Frozen parts under no_grad; noise (target, and UNet input: perturbed with ip_noise_gamma) and timesteps
-        from our generator unless given; the configured loss."""
-        t, device = self.cfg.train, self.accelerator.device
+        """Frozen parts under no_grad; noise (target, and denoiser input: perturbed with ip_noise_gamma) and
+        timesteps from our generator unless given; the objective's noisy input, target and loss."""
+        device, objective = self.accelerator.device, self.objective
         with torch.no_grad():
             latents = batch["latents"].to(device) if "latents" in batch else \
                 encode_latents(self.vae, batch["pixel_values"].to(device))
-        latents = latents.to(self.unet.dtype)
+        latents = latents.to(self.denoiser.dtype)
         if noise is None:
             noise, input_noise, timesteps = self._draw_noise(latents.shape)
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
         input_noise = noise if input_noise is None else input_noise.to(device, latents.dtype)
-        noisy = self.noise_scheduler.add_noise(latents, input_noise, timesteps)
+        noisy = objective.noisy(latents, input_noise, timesteps)
         if "text_embeds" in batch:
             embeds = PromptEmbeds(**batch["text_embeds"]).to(device)
         else:
             with torch.set_grad_enabled(self.cfg.network.train_text_encoder), self.accelerator.autocast():
                 embeds = self.encode_text(batch["captions"], self.text_encoders_forward).to(device)
-        added = None
-        if self.family == "sdxl":
-            time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
-            added = {"text_embeds": embeds.pooled, "time_ids": time_ids.to(device, embeds.pooled.dtype)}
         with self.accelerator.autocast():
-            pred = self.unet_forward(noisy, timesteps, embeds.hidden_states.to(self.unet.dtype),
-                                     added_cond_kwargs=added).sample
-        target = L.diffusion_target(self.noise_scheduler, latents, noise, timesteps, self.prediction_type)
-        return L.training_loss(pred, target, timesteps, self.noise_scheduler, t, self.prediction_type,
-                               batch.get("mask"), batch.get("loss_weight"))
+            pred = self.family.predict(self.denoiser_forward, noisy, timesteps, embeds, batch)
+        target = objective.target(latents, noise, timesteps)
+        return objective.loss(pred, target, timesteps, batch.get("mask"), batch.get("loss_weight"))
 
     def encode_text(self, captions: list[str], encoders: list) -> PromptEmbeds:
         """Captions -> conditioning with this run's clip skip and caption windows (data.max_token_length)."""
-        return encode_prompts(encoders, self.tokenizers, captions, self.family, self.cfg.train.clip_skip,
-                              (self.cfg.data.max_token_length or 75) // 75)
+        return self.family.encode_prompts(encoders, self.tokenizers, captions, self.cfg.train.clip_skip,
+                                          (self.cfg.data.max_token_length or 75) // 75, **self.encode_options)
 
     def _draw_noise(self, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noise and timesteps from the generator all processes share. With several processes each draws the
@@ -416,12 +430,12 @@ class LoRARecipe:
         t, acc = self.cfg.train, self.accelerator
         n, procs = shape[0], acc.num_processes
         full, start = (procs * t.batch_size, acc.process_index * t.batch_size) if procs > 1 else (n, 0)
-        return tuple(x[start:start + n] for x in draw_training_noise((full, *shape[1:]), self.generator, t))
+        return tuple(x[start:start + n] for x in self.objective.draw((full, *shape[1:]), self.generator))
 
     def validation_loss(self) -> float | None:
         """Mean loss over the validation set with each image's fixed noise and timestep (comparable across steps)."""
         with torch.no_grad(), self._eval_mode():
-            return validation_loss(self)
+            return validation_loss(self.val_dataloader, self.compute_loss, self.vae.config, self.objective)
 
     def _set_train_mode(self, training: bool) -> None:
         """Trained models in train mode while training (adapter dropout on, text-encoder checkpointing active)."""
@@ -497,16 +511,36 @@ class LoRARecipe:
             self.accelerator.wait_for_everyone()
         self._drop_replaced()  # this run has files of its own now
 
+    def sample_records(self, step: int) -> list[dict]:
+        from sd_lora.train.samples import sample_records
+
+        info = self.model_info
+        return sample_records(self.cfg, step, self._adapter_file(), family=self.family.name, dtype=self.denoiser.dtype,
+                              base_model=info.name, base_model_location=info.location)
+
     def sample(self) -> Path | None:
         from sd_lora.train.samples import render_samples
 
         if not self.accelerator.is_main_process:
             return None
-        with self._as_saved(), memory.encoders_for_sampling(self):  # offloaded encoders back on the device meanwhile
-            path = render_samples(self, self.state.global_step, self.out_dir / "samples", self._adapter_file())
+        step = self.state.global_step
+        # offloaded encoders back on the device meanwhile
+        with self._as_saved(), memory.encoders_for_sampling(self.released, self.accelerator.device, self._fresh_pipeline):
+            path = render_samples(self.pipeline, self.sample_records(step), step, self.out_dir / "samples",
+                                  self._adapter_file(), denoiser=self.family.denoiser)
         if self.accelerator.log_with:
             trackers.log_grid(self.accelerator, path, self.state.global_step)
         return path
+
+    def _fresh_pipeline(self):
+        m = self.cfg.model
+        pipe, _ = load_pipeline(m.pretrained, family=m.family, prediction_type=m.prediction_type, allow_pickle=m.allow_pickle,
+                                revision=m.revision, options=lambda family: get_family(family).load_options(m))
+        return pipe
+
+    def restore_encoders(self) -> None:
+        """Reload the encoder weights freed for training (for a caller that wants the whole pipeline after it)."""
+        memory.restore_encoders(self.released, self._fresh_pipeline(), self.accelerator.device)
 
     def _adapter_file(self) -> str:  # the adapter file holding this step's weights (the final one at the end)
         o, step = self.cfg.output, self.state.global_step
@@ -518,7 +552,7 @@ class LoRARecipe:
         o = self.cfg.output
         components = {name: self.accelerator.unwrap_model(model) for name, model in zip(self.component_names, self.trained)}
         with self._as_saved():
-            return save_adapter(path, components, self.family, unet_config=dict(self.unet.config),
+            return save_adapter(path, components, self.family.name, unet_config=dict(self.denoiser.config),
                                 save_precision=_DTYPES[o.save_precision], format=o.format,
                                 metadata=community_metadata(training_facts(self)))
 

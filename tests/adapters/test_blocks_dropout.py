@@ -70,13 +70,13 @@ def test_block_dims_alphas_and_lr_weights_in_a_run(tiny_sdxl_dir, tmp_path):
         result = recipe.save()
     finally:
         recipe.cleanup()
-    ranks = {n: m.r["default"] for n, m in recipe.unet.named_modules() if hasattr(m, "r") and "default" in m.r}
+    ranks = {n: m.r["default"] for n, m in recipe.denoiser.named_modules() if hasattr(m, "r") and "default" in m.r}
     assert ranks and not any(n.startswith("up_blocks.0.") for n in ranks)
     assert {r for n, r in ranks.items() if n.startswith("mid_block.")} == {2}
     assert {r for n, r in ranks.items() if n.startswith("down_blocks.")} == {4}
     lrs = {g["name"]: g["lr"] for g in recipe.optimizer.param_groups}
     assert lrs == {"unet": 1e-3, "unet_x0.5": 5e-4}
-    mid_params = {id(p) for n, p in recipe.unet.named_parameters() if n.startswith("mid_block.") and p.requires_grad}
+    mid_params = {id(p) for n, p in recipe.denoiser.named_parameters() if n.startswith("mid_block.") and p.requires_grad}
     half = next(g for g in recipe.optimizer.param_groups if g["name"] == "unet_x0.5")
     assert {id(p) for p in half["params"]} == mid_params
     tensors = load_file(str(result.adapter_path))

@@ -10,9 +10,13 @@ def test_family_and_prediction_detected_from_config(request, family, prediction)
     assert (info.family, info.prediction_type, info.is_local) == (family, prediction, True)
 
 
-def test_overrides_win(tiny_sd1_dir):
-    info = inspect_model(str(tiny_sd1_dir), family="sd2", prediction_type="v_prediction")
-    assert (info.family, info.prediction_type) == ("sd2", "v_prediction")
+def test_prediction_override_wins_and_a_contradicting_family_is_an_error(tiny_sd1_dir):
+    info = inspect_model(str(tiny_sd1_dir), prediction_type="v_prediction")
+    assert (info.family, info.prediction_type) == ("sd1", "v_prediction")
+    assert inspect_model(str(tiny_sd1_dir), family="sd1").family == "sd1"
+    with pytest.raises(SdLoraError, match=r"model.family = 'sd2' contradicts the model: .* is a Stable Diffusion 1.x "
+                                          r"model \(sd1\)"):
+        inspect_model(str(tiny_sd1_dir), family="sd2")
 
 
 def test_load_pipeline_local(tiny_sd2_dir):

@@ -25,8 +25,8 @@ def _trained_image(cfg):
     recipe.setup()
     recipe.train()
     result = recipe.save()
-    recipe.unet.eval()
-    restore_encoders(recipe)  # with every latent cached the VAE was freed for training; reload it to render
+    recipe.denoiser.eval()
+    recipe.restore_encoders()  # with every latent cached the VAE was freed for training; reload it to render
     return result, _image(recipe.pipeline)
 
 

@@ -61,7 +61,7 @@ def test_adapters_start_from_the_file(tiny_sd1_dir, parent, tmp_path):
         for key in ups[:5]:
             from sd_lora.formats.names import community_to_module
 
-            _, path = community_to_module(key.split(".")[0], "sd1", recipe.unet.config)
+            _, path = community_to_module(key.split(".")[0], "sd1", recipe.denoiser.config)
             torch.testing.assert_close(state[f"{path}.lora_B.weight"], file[key].float())
         te = _lora_state(recipe, "text_encoder")
         assert any(v.abs().sum() > 0 for k, v in te.items() if k.endswith("lora_B.weight"))
@@ -89,7 +89,7 @@ def test_dim_from_weights_takes_rank_alpha_and_modules(tiny_sd1_dir, parent, tmp
     try:
         from sd_lora.formats.peft_bridge import adapted_modules
 
-        layers = adapted_modules(recipe.unet, "default")
+        layers = adapted_modules(recipe.denoiser, "default")
         assert {layer.r["default"] for layer in layers.values()} == {4}
         assert {layer.lora_alpha["default"] for layer in layers.values()} == {2.0}
         assert any(p.endswith("ff.net.2") for p in layers)  # attn-mlp modules from the file, not preset attn

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sd_lora.models.encode import encode_prompts, token_windows, windows_needed
+from sd_lora.models.encode import token_windows, windows_needed
+from sd_lora.models.families import get_family
 from sd_lora.models.load import load_pipeline
 from tests.train.conftest import tiny_config, write_dataset
 
@@ -40,7 +41,7 @@ def test_token_windows_wrap_each_75_tokens(sd1):
 def test_long_caption_hidden_states_are_the_windows_concatenated(sd1):
     te = sd1.text_encoder
     with torch.no_grad():
-        out = encode_prompts([te], [sd1.tokenizer], [LONG], "sd1", windows=3).hidden_states
+        out = get_family("sd1").encode_prompts([te], [sd1.tokenizer], [LONG], windows=3).hidden_states
         ids = token_windows(sd1.tokenizer, [LONG], windows=3)
         each = [te(ids[i:i + 1])[0] for i in range(3)]
     assert out.shape[1] == 3 * 77
@@ -54,8 +55,8 @@ def test_clip_skip_sd1_is_the_penultimate_layer_through_the_final_norm(sd1):
         hidden = te(ids, output_hidden_states=True).hidden_states
         expected = te.text_model.final_layer_norm(hidden[-2]) if hasattr(te, "text_model") else \
             te.final_layer_norm(hidden[-2])
-        got = encode_prompts([te], [tok], ["a red square"], "sd1", clip_skip=2).hidden_states
-        last = encode_prompts([te], [tok], ["a red square"], "sd1", clip_skip=1).hidden_states
+        got = get_family("sd1").encode_prompts([te], [tok], ["a red square"], clip_skip=2).hidden_states
+        last = get_family("sd1").encode_prompts([te], [tok], ["a red square"], clip_skip=1).hidden_states
     assert torch.allclose(got, expected)
     assert torch.equal(last, te(ids)[0])
     assert not torch.allclose(got, last)
@@ -67,11 +68,11 @@ def test_sdxl_matches_the_diffusers_pipeline_with_and_without_clip_skip(sdxl):
         for ours, theirs in ((1, None), (2, 1)):  # diffusers counts clip skip from 0
             pe, _, pooled, _ = sdxl.encode_prompt("a red square", device="cpu", do_classifier_free_guidance=False,
                                                   clip_skip=theirs)
-            got = encode_prompts(encoders, toks, ["a red square"], "sdxl", clip_skip=ours)
+            got = get_family("sdxl").encode_prompts(encoders, toks, ["a red square"], clip_skip=ours)
             assert torch.allclose(got.hidden_states, pe, atol=1e-6)
             assert torch.allclose(got.pooled, pooled, atol=1e-6)
-        long = encode_prompts(encoders, toks, [LONG], "sdxl", windows=2)
-        first = encode_prompts(encoders, toks, [LONG], "sdxl", windows=1)
+        long = get_family("sdxl").encode_prompts(encoders, toks, [LONG], windows=2)
+        first = get_family("sdxl").encode_prompts(encoders, toks, [LONG], windows=1)
     assert long.hidden_states.shape[1] == 154
     assert torch.allclose(long.pooled, first.pooled, atol=1e-5)  # pooled from the first window
     assert torch.allclose(long.hidden_states[:, :77], first.hidden_states, atol=1e-5)

@@ -17,7 +17,7 @@ def test_training_warns_on_epsilon_models_only(request, tiny_dataset, tmp_path, 
     recipe.cleanup()
     out = capsys.readouterr().out
     assert ("warning: train.zero_terminal_snr on an epsilon-prediction model" in out) is warned
-    assert recipe.noise_scheduler.config.rescale_betas_zero_snr  # the schedule is rescaled either way
+    assert recipe.objective.scheduler.config.rescale_betas_zero_snr  # the schedule is rescaled either way
 
 
 def test_generate_warns_when_a_zero_snr_adapter_meets_an_epsilon_model(capsys):

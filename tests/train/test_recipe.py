@@ -45,7 +45,7 @@ def test_v_prediction_target_used_for_sd2(tiny_sd2_dir, tiny_dataset, tmp_path):
     batch = next(iter(recipe.dataloader))
     recipe.generator.manual_seed(0)
     loss_v = recipe.compute_loss(batch).item()
-    recipe.prediction_type = "epsilon"
+    recipe.objective.prediction_type = "epsilon"
     recipe.generator.manual_seed(0)
     assert recipe.compute_loss(batch).item() != loss_v
 
@@ -123,15 +123,15 @@ def test_max_epochs_sets_the_step_count(tiny_sd1_dir, tiny_dataset, tmp_path):
 
 
 def test_timestep_range_and_zero_terminal_snr(tiny_sd1_dir, tiny_dataset, tmp_path, monkeypatch):
-    import sd_lora.train.recipe as recipe_mod
+    import sd_lora.train.loss as loss_mod
 
     cfg = tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "out",
                       train={"min_timestep": 900, "max_timestep": 1000, "zero_terminal_snr": True})
     recipe = LoRARecipe(cfg)
     recipe.setup()
-    assert recipe.noise_scheduler.alphas_cumprod[-1].item() < 1e-6  # rescaled: pure noise at the last step
+    assert recipe.objective.scheduler.alphas_cumprod[-1].item() < 1e-6  # rescaled: pure noise at the last step
     seen = []
-    real = recipe_mod.L.sample_timesteps
-    monkeypatch.setattr(recipe_mod.L, "sample_timesteps", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    real = loss_mod.sample_timesteps
+    monkeypatch.setattr(loss_mod, "sample_timesteps", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     recipe.compute_loss(next(iter(recipe.dataloader)))
     assert seen and all(900 <= t < 1000 for t in seen[0].tolist())

@@ -35,7 +35,7 @@ def test_default_run_caches_both_and_frees_the_encoders(tiny_sd1_dir, tiny_datas
         out = capsys.readouterr().out
         assert "[auto: on, no random crop]" in out and "memory: vae, text encoder freed" in out
         assert _on_meta(recipe.vae) and _on_meta(recipe.text_encoders[0])
-        assert not _on_meta(recipe.unet)
+        assert not _on_meta(recipe.denoiser)
         batch = next(iter(recipe.dataloader))
         assert "latents" in batch and "text_embeds" in batch
         recipe.train()  # trains without them
@@ -111,8 +111,8 @@ def test_half_precision_on_the_cpu_trains_fp32_adapters(tiny_sd1_dir, tiny_datas
                                                         precision, dtype):
     recipe = _setup(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "o", train={"mixed_precision": precision}))
     try:
-        trainable = [p for p in recipe.unet.parameters() if p.requires_grad]
-        frozen = [p for p in recipe.unet.parameters() if not p.requires_grad]
+        trainable = [p for p in recipe.denoiser.parameters() if p.requires_grad]
+        frozen = [p for p in recipe.denoiser.parameters() if not p.requires_grad]
         assert {p.dtype for p in trainable} == {torch.float32} and {p.dtype for p in frozen} == {dtype}
         assert next(iter(recipe.dataloader))["latents"].dtype == dtype  # the cache holds what the UNet reads
         before = [p.detach().clone() for p in trainable]
@@ -141,13 +141,13 @@ def test_adamw_kernel(tiny_sd1_dir, tiny_dataset, tmp_path, impl, flags):
 def test_compile_channels_last_and_loader_options(tiny_sd1_dir, tiny_dataset, tmp_path):
     plain = _setup(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "a"))
     plain.cleanup()
-    assert not isinstance(plain.unet_forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(plain.denoiser_forward, torch._dynamo.eval_frame.OptimizedModule)
     assert plain.dataloader.pin_memory is False  # 'auto' on the CPU
     recipe = _setup(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "b", data={"pin_memory": True},
                                 train={"compile": True, "channels_last": True}))
     try:
-        assert isinstance(recipe.unet_forward, torch._dynamo.eval_frame.OptimizedModule)
-        convs = [m.weight for m in recipe.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+        assert isinstance(recipe.denoiser_forward, torch._dynamo.eval_frame.OptimizedModule)
+        convs = [m.weight for m in recipe.denoiser.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
         assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
         assert recipe.dataloader.pin_memory is True
         assert recipe.speed_options == {"channels_last": True, "compile": True,

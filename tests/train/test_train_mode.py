@@ -28,7 +28,7 @@ def test_dropout_stays_on_in_training_after_a_sample_grid(tiny_sd1_dir, tiny_dat
     recipe = LoRARecipe(cfg)
     recipe.setup()
     seen = []  # (grad enabled, dropout layer in training mode) for every forward through one adapter layer
-    layer = _dropout_layers(recipe.unet)[0]
+    layer = _dropout_layers(recipe.denoiser)[0]
     layer.register_forward_pre_hook(lambda m, _: seen.append((torch.is_grad_enabled(), m.training)))
     recipe.train()
     recipe.cleanup()
@@ -44,11 +44,11 @@ def test_validation_loss_is_deterministic_with_dropout_and_training_mode_comes_b
                       data={"validation_split": 0.5}, output={"log_with": "none"})
     recipe = LoRARecipe(cfg)
     recipe.setup()
-    _randomise_lora_b(recipe.unet)  # with B = 0 dropout would change nothing
+    _randomise_lora_b(recipe.denoiser)  # with B = 0 dropout would change nothing
     recipe._set_train_mode(True)
     first, second = recipe.validation_loss(), recipe.validation_loss()
     assert first == second
-    assert recipe.unet.training and all(m.training for m in _dropout_layers(recipe.unet))
+    assert recipe.denoiser.training and all(m.training for m in _dropout_layers(recipe.denoiser))
     batch = next(iter(recipe.dataloader))  # the training loss *does* see dropout: two passes differ
     losses = []
     for _ in range(2):

@@ -1,0 +1,113 @@
+"""What every model family provides, so the recipe, caches, samples, generation and tools never name a family.
+
+A family is one module in this folder holding one `Family` subclass. It owns: recognising its models
+(`matches`), which pipeline components it has (the denoiser, the text encoders and tokenizers), turning captions
+into the denoiser's conditioning (`encode_prompts`), one denoiser call during training (`predict`), how the
+pipeline takes pre-computed conditioning at generation (`pipeline_embeds`), the training objective (DDPM noise
+prediction or rectified flow), adapter target presets and block indexing, the settings it refuses, and its
+community-file facts (prefixes, modelspec architecture). Adding a family means adding one module here and
+registering it in `__init__.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Family", "ModelParts"]
+
+
+@dataclass
+class ModelParts:
+    """A loaded pipeline's trainable-or-frozen modules in the order the family uses them."""
+
+    denoiser: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoders: list  # present encoders only (an SD3 model loaded without T5 has two)
+    tokenizers: list
+    text_encoder_names: list[str]  # pipeline attribute / adapter component name of each encoder
+
+
+class Family:
+    name = ""
+    title = ""
+    denoiser = "unet"  # pipeline attribute holding the denoiser; also its adapter component name
+    text_encoders: tuple[str, ...] = ("text_encoder",)
+    trainable_text_encoders: tuple[str, ...] | None = None  # None: all of them (SD3 keeps T5 frozen)
+    tokenizers: tuple[str, ...] = ("tokenizer",)
+    objective = "ddpm"  # "ddpm": noise / v prediction on a DDPM schedule; "flow": rectified flow matching
+    vae_scaling_factor = 0.18215
+    community_prefixes: dict[str, str] = {}
+    modelspec_architecture = ""
+
+    # ---- recognising models
+    @classmethod
+    def matches(cls, model_index: dict, denoiser_config: dict) -> bool:
+        raise NotImplementedError
+
+    def native_resolution(self, denoiser_config: dict, vae_config: dict) -> int:
+        sample = denoiser_config["sample_size"]
+        sample = sample if isinstance(sample, int) else sample[0]
+        return int(sample) * 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+    # ---- components
+    def parts(self, pipe) -> ModelParts:
+        names = [n for n in self.text_encoders if getattr(pipe, n, None) is not None]
+        tokenizers = [getattr(pipe, t) for n, t in zip(self.text_encoders, self.tokenizers) if n in names]
+        return ModelParts(getattr(pipe, self.denoiser), pipe.vae, [getattr(pipe, n) for n in names], tokenizers, names)
+
+    def components(self, pipe) -> dict[str, torch.nn.Module]:
+        """Adapter component name -> module, for every component the pipeline has."""
+        parts = self.parts(pipe)
+        return {self.denoiser: parts.denoiser, **dict(zip(parts.text_encoder_names, parts.text_encoders))}
+
+    # ---- conditioning and the denoiser
+    def encode_prompts(self, encoders: list, tokenizers: list, captions: list[str], clip_skip: int | None = None,
+                       windows: int = 1, **options):
+        raise NotImplementedError
+
+    def predict(self, denoiser, noisy: torch.Tensor, timesteps: torch.Tensor, embeds, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pipeline_embeds(self, pos, neg, dtype) -> dict:
+        """Keyword arguments that give the diffusers pipeline pre-computed conditioning."""
+        raise NotImplementedError
+
+    def uses_cfg(self, pipe, guidance: float) -> bool:
+        return guidance > 1
+
+    def zero_negative(self, pipe, negative_prompt: str) -> bool:
+        """Whether an empty negative prompt is all zeros rather than the encoded empty string."""
+        return False
+
+    def encode_options(self, denoiser, data=None) -> dict:
+        """Family-specific keyword arguments of `encode_prompts`, from the denoiser and the [data] config section
+        when training (e.g. SD3's T5 length; generation uses the defaults)."""
+        return {}
+
+    def load_options(self, model_cfg) -> dict:
+        """Extra keyword arguments for the pipeline's from_pretrained (e.g. SD3 without T5)."""
+        return {}
+
+    # ---- training
+    # settings only this family reads: (section, key, default); set on another family's model they are an error
+    own_settings: tuple[tuple[str, str, object], ...] = ()
+
+    def check_training(self, cfg) -> list[str]:
+        """Problems with settings this family cannot use (each names the key and what to do)."""
+        return []
+
+    def target_presets(self) -> dict[str, list[str]]:
+        """network.preset -> denoiser module-name suffixes."""
+        raise NotImplementedError
+
+    def block_index(self, module_name: str, denoiser_config) -> int | None:
+        """The block-wise index (network.block_dims / block_lr_weights) of a denoiser module, None outside blocks."""
+        return None
+
+    def num_blocks(self, denoiser_config) -> int:
+        return 0
+
+    def block_names(self, denoiser_config) -> list[str]:
+        return [str(i) for i in range(self.num_blocks(denoiser_config))]

@@ -1,0 +1,17 @@
+"""Stable Diffusion 2.x: one OpenCLIP ViT-H encoder, linear attention projections, v-prediction at 768 px."""
+
+from __future__ import annotations
+
+from sd_lora.models.families.unet import UNetFamily
+
+
+class SD2(UNetFamily):
+    name = "sd2"
+    title = "Stable Diffusion 2.x"
+    community_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+    modelspec_architecture = "stable-diffusion-v2/lora"
+
+    @classmethod
+    def matches(cls, model_index, denoiser_config) -> bool:
+        return "unet" in model_index and bool(denoiser_config.get("use_linear_projection")
+                                              or denoiser_config.get("cross_attention_dim") == 1024)

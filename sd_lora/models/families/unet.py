@@ -1,0 +1,53 @@
+"""What SD1, SD2 and SDXL share: a UNet predicting noise (or v) on a DDPM schedule, CLIP conditioning."""
+
+from __future__ import annotations
+
+import torch
+
+from sd_lora.models.encode import PromptEmbeds, encode_clip
+from sd_lora.models.families.base import Family
+from sd_lora.models.families.unet_blocks import NUM_BLOCKS, BLOCK_NAMES, block_index
+
+__all__ = ["UNetFamily", "UNET_PRESETS"]
+
+_ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+_TRANSFORMER = _ATTN + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+_RESNET = ["conv1", "conv2", "time_emb_proj", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
+UNET_PRESETS = {"attn": _ATTN, "attn-mlp": _TRANSFORMER, "full": _TRANSFORMER + _RESNET}
+
+
+class UNetFamily(Family):
+    denoiser = "unet"
+    objective = "ddpm"
+    penultimate = False  # which CLIP layer conditions the UNet at clip skip 1
+
+    def encode_prompts(self, encoders, tokenizers, captions, clip_skip=None, windows=1, **options) -> PromptEmbeds:
+        hidden, _ = encode_clip(encoders, tokenizers, captions, clip_skip, windows, self.penultimate)
+        return PromptEmbeds(hidden[0])
+
+    def added_conditions(self, embeds: PromptEmbeds, batch: dict, device) -> dict | None:
+        return None
+
+    def predict(self, denoiser, noisy, timesteps, embeds, batch) -> torch.Tensor:
+        added = self.added_conditions(embeds, batch, noisy.device)
+        return denoiser(noisy, timesteps, embeds.hidden_states.to(noisy.dtype), added_cond_kwargs=added).sample
+
+    def pipeline_embeds(self, pos, neg, dtype) -> dict:
+        return {"prompt_embeds": pos.hidden_states.to(dtype),
+                "negative_prompt_embeds": None if neg is None else neg.hidden_states.to(dtype)}
+
+    def uses_cfg(self, pipe, guidance: float) -> bool:
+        return guidance > 1 and pipe.unet.config.get("time_cond_proj_dim") is None  # LCM-style UNets embed it
+
+    def target_presets(self) -> dict[str, list[str]]:
+        return UNET_PRESETS
+
+    def block_index(self, module_name, denoiser_config) -> int | None:
+        per = denoiser_config["layers_per_block"] if isinstance(denoiser_config, dict) else denoiser_config.layers_per_block
+        return block_index(module_name, per if isinstance(per, int) else per[0])
+
+    def num_blocks(self, denoiser_config) -> int:
+        return NUM_BLOCKS
+
+    def block_names(self, denoiser_config) -> list[str]:
+        return list(BLOCK_NAMES)
