@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 
 __all__ = [
-    "SAMPLING_SCHEMES", "LOSS_WEIGHTINGS", "MIN_SIGMA", "FlowBatch", "sample_sigmas", "shift_sigmas",
+    "SAMPLING_SCHEMES", "LOSS_WEIGHTINGS", "AUTO_SCHEME", "MIN_SIGMA", "FlowBatch", "sample_sigmas", "shift_sigmas",
     "flux_image_seq_len", "scheduler_shift", "noisy_input", "flow_target", "model_timesteps", "loss_weights",
     "loss_weighting_for", "flow_batch", "pack_latents", "unpack_latents", "latent_image_ids", "text_ids",
     "guidance_input",
@@ -28,6 +28,10 @@ __all__ = [
 # sigma_sqrt and cosmap are diffusers' `weighting_scheme` names: uniform draws whose loss is weighted
 SAMPLING_SCHEMES = ("logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+# what train.timestep_sampling = "auto" draws for both SD3 and FLUX; the families differ only by their scheduler's
+# shift (scheduler_shift): SD3 as its paper and diffusers train it (logit-normal, shift 3), FLUX as kohya's
+# `flux_shift` mode (logit-normal, resolution-dependent shift)
+AUTO_SCHEME = "logit_normal"
 # diffusers' smallest training sigma before its shift (timestep 1 of 1000): a draw of exactly 0 would give a clean
 # input with an infinite sigma_sqrt weight
 MIN_SIGMA = 1e-3
@@ -63,9 +67,11 @@ def sample_sigmas(batch_size: int, generator: torch.Generator, scheme: str = "lo
                   shift: float = 1.0) -> torch.Tensor:
     """`batch_size` noise levels in [shift(MIN_SIGMA), 1] (float32, CPU), drawn from `generator` by diffusers'
     `compute_density_for_timestep_sampling`: logit_normal = sigmoid(N(logit_mean, logit_std)), mode = the SD3
-    paper's f_mode(u; mode_scale), uniform / sigma_sqrt / cosmap = U[0, 1); then shifted by `shift`."""
+    paper's f_mode(u; mode_scale), uniform / sigma_sqrt / cosmap = U[0, 1); then shifted by `shift`.
+    'auto' is AUTO_SCHEME."""
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
+    scheme = AUTO_SCHEME if scheme == "auto" else scheme
     _check_choice("the timestep sampling scheme", scheme, SAMPLING_SCHEMES)
     u = compute_density_for_timestep_sampling(scheme, batch_size, logit_mean=logit_mean, logit_std=logit_std,
                                               mode_scale=mode_scale, device="cpu", generator=generator)
@@ -125,6 +131,7 @@ def loss_weights(sigmas: torch.Tensor, weighting: str = "none") -> torch.Tensor:
 def loss_weighting_for(scheme: str, loss_weighting: str) -> str:
     """The loss weighting in effect: `loss_weighting`, or for the schemes named after diffusers' weighting_scheme
     (sigma_sqrt, cosmap) with loss_weighting 'none', that scheme's weighting, as diffusers applies it."""
+    scheme = AUTO_SCHEME if scheme == "auto" else scheme
     _check_choice("the timestep sampling scheme", scheme, SAMPLING_SCHEMES)
     _check_choice("the loss weighting", loss_weighting, LOSS_WEIGHTINGS)
     if loss_weighting == "none" and scheme in LOSS_WEIGHTINGS:

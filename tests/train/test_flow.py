@@ -42,6 +42,12 @@ def test_sampling_matches_diffusers_density_with_the_same_generator():
         torch.testing.assert_close(got, ref.clamp(flow.MIN_SIGMA, 1.0))
 
 
+def test_auto_is_logit_normal():
+    torch.testing.assert_close(flow.sample_sigmas(9, gen(8), "auto", shift=3.0),
+                               flow.sample_sigmas(9, gen(8), "logit_normal", shift=3.0))
+    assert flow.loss_weighting_for("auto", "none") == "none"
+
+
 def test_positive_logit_mean_favours_noisier_timesteps():
     plain = flow.sample_sigmas(4000, gen(1), "logit_normal")
     noisy = flow.sample_sigmas(4000, gen(1), "logit_normal", logit_mean=1.0)
