@@ -73,14 +73,16 @@ class TrainConfig:
     logit_std: float = _f(1.0, "timestep_sampling = logit_normal: standard deviation of the normal draw.")
     mode_scale: float = _f(1.29, "timestep_sampling = mode: the SD3 paper's scale s (0: uniform; larger: more "
                                  "mid-range levels), from -1 to 1.75.")
-    flow_shift: float | None = _f(None, "Flow-matching families: shift the drawn noise levels by this factor "
-                                        "(shift·s/(1 + (shift-1)·s), >1: noisier; kohya's discrete_flow_shift). "
-                                        "Default: the model scheduler's (SD3: 3.0; FLUX: by resolution, 3.16 at 1024 px).")
+    flow_shift: float | None = _f(
+        None, "Flow-matching families: shift the drawn noise levels by this factor (shift·s/(1 + (shift-1)·s), >1: "
+        "noisier; kohya's discrete_flow_shift). Default: the model scheduler's (SD3: 3.0; FLUX: by resolution, 3.16 "
+        "at 1024 px).")
     loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = _f(
         "none", "Flow-matching families: per-sample loss weight, as diffusers' compute_loss_weighting_for_sd3: "
         "none, sigma_sqrt (1/sigma²) or cosmap.")
     guidance_scale: float = _f(1.0, "FLUX.1 dev: the distilled-guidance value fed to the model while training "
-                                    "(kohya and diffusers use 1). Not classifier-free guidance (see sample.guidance_scale).")
+                                    "(kohya and diffusers use 1). Not classifier-free guidance "
+                                    "(see sample.guidance_scale).")
     min_timestep: int = _f(0, "Lowest training timestep (inclusive).")
     max_timestep: int = _f(1000, "Highest training timestep (exclusive).")
     resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.")

@@ -115,7 +115,8 @@ def test_flux_resolution_shift_by_hand():
     # mu runs linearly from 0.5 at 256 tokens (256 px) to 1.15 at 4096 tokens (1024 px); shift = exp(mu)
     assert flow.scheduler_shift(cfg, 256) == pytest.approx(math.exp(0.5))
     assert flow.scheduler_shift(cfg, flow.flux_image_seq_len(128, 128)) == pytest.approx(math.exp(1.15))
-    assert flow.scheduler_shift(cfg, flow.flux_image_seq_len(64, 64)) == pytest.approx(math.exp(0.5 + 0.65 * 768 / 3840))
+    at_512px = math.exp(0.5 + 0.65 * 768 / 3840)
+    assert flow.scheduler_shift(cfg, flow.flux_image_seq_len(64, 64)) == pytest.approx(at_512px)
     assert flow.scheduler_shift(cfg, 1024, flow_shift=2.0) == 2.0
     with pytest.raises(ValueError, match="image_seq_len"):
         flow.scheduler_shift(cfg)
