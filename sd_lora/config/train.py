@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +13,8 @@ __all__ = ["TrainConfig", "SampleConfig", "OPTIMIZERS", "LR_SCHEDULERS"]
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor", "lion", "adamw_schedulefree", "came")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# above it the SD3 paper's mode mapping f(u) = 1 - u - s·(cos²(πu/2) - 1 + u) stops being monotonic
+_MODE_SCALE_MAX = 2 / (math.pi - 2)
 
 
 @dataclass
@@ -60,6 +63,26 @@ class TrainConfig:
                                        "samples and the exported files use it. Off when unset.")
     clip_skip: int | None = _f(None, "Train on the text encoder's N-th layer from the end (1 = last, 2 = penultimate, "
                                      "AUTOMATIC1111's count); samples and generate use it too. Default: 1.")
+    timestep_sampling: Literal["auto", "logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap"] = _f(
+        "auto", "Flow-matching families (SD3, FLUX): how training noise levels are drawn. auto: the family's own "
+        "(logit_normal, shifted by the model's scheduler: SD3 by 3.0, FLUX by its resolution-dependent shift); "
+        "logit_normal (logit_mean, logit_std), mode (mode_scale), uniform; sigma_sqrt and cosmap draw uniformly and "
+        "weigh the loss by that name, as diffusers' weighting_scheme does. logit_mean > 0 favours noisier levels "
+        "(SD3 paper; diffusers' scripts index their reversed schedule, so there it favours cleaner ones).")
+    logit_mean: float = _f(0.0, "timestep_sampling = logit_normal: mean of the normal draw before the sigmoid.")
+    logit_std: float = _f(1.0, "timestep_sampling = logit_normal: standard deviation of the normal draw.")
+    mode_scale: float = _f(1.29, "timestep_sampling = mode: the SD3 paper's scale s (0: uniform; larger: more "
+                                 "mid-range levels), from -1 to 1.75.")
+    flow_shift: float | None = _f(
+        None, "Flow-matching families: shift the drawn noise levels by this factor (shift·s/(1 + (shift-1)·s), >1: "
+        "noisier; kohya's discrete_flow_shift). Default: the model scheduler's (SD3: 3.0; FLUX: by resolution, 3.16 "
+        "at 1024 px).")
+    loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = _f(
+        "none", "Flow-matching families: per-sample loss weight, as diffusers' compute_loss_weighting_for_sd3: "
+        "none, sigma_sqrt (1/sigma²) or cosmap.")
+    guidance_scale: float = _f(1.0, "FLUX.1 dev: the distilled-guidance value fed to the model while training "
+                                    "(kohya and diffusers use 1). Not classifier-free guidance "
+                                    "(see sample.guidance_scale).")
     min_timestep: int = _f(0, "Lowest training timestep (inclusive).")
     max_timestep: int = _f(1000, "Highest training timestep (exclusive).")
     resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.")
@@ -126,10 +149,31 @@ class TrainConfig:
                     "train.optimizer = 'prodigy' takes one learning rate for every parameter group (it adapts the step "
                     "size itself and refuses groups with different lr): remove train.unet_lr / text_encoder_lr / "
                     "loraplus_lr_ratio, or use optimizer = 'adamw' for separate rates")
+        problems += self._check_flow()
         if self.resume_ignore_mismatch and self.resume in (None, "latest"):
             problems.append("train.resume_ignore_mismatch: only with train.resume = a state folder (a path), so that "
                             "'latest' never picks up another run's state; name the folder you mean")
         return finite_first(self, "train", problems)
+
+    def _check_flow(self) -> list[str]:
+        problems = []
+        if self.logit_std <= 0:
+            problems.append(f"train.logit_std: must be positive, got {self.logit_std}")
+        if not -1.0 <= self.mode_scale <= _MODE_SCALE_MAX:
+            problems.append(f"train.mode_scale: must be from -1 to {_MODE_SCALE_MAX:.2f} (beyond, the SD3 paper's mode "
+                            f"mapping is not monotonic and leaves 0..1), got {self.mode_scale}")
+        if self.flow_shift is not None and self.flow_shift <= 0:
+            problems.append(f"train.flow_shift: must be positive (1: no shift; leave it out for the model's own), "
+                            f"got {self.flow_shift}")
+        if self.guidance_scale < 0:
+            problems.append(f"train.guidance_scale: must not be negative, got {self.guidance_scale}")
+        if self.timestep_sampling in ("sigma_sqrt", "cosmap") and self.loss_weighting not in ("none",
+                                                                                             self.timestep_sampling):
+            problems.append(f"train.loss_weighting = {self.loss_weighting!r} conflicts with timestep_sampling = "
+                            f"{self.timestep_sampling!r}, which already weighs the loss by {self.timestep_sampling} "
+                            "(diffusers' weighting_scheme); for uniform draws with another weighting set "
+                            "timestep_sampling = 'uniform'")
+        return problems
 
 
 @dataclass
