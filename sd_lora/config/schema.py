@@ -27,9 +27,17 @@ class ModelConfig:
     allow_pickle: bool = _f(False, "Allow pickle checkpoints (.ckpt/.pt/.bin). Pickle can run code: only for files you trust.")
     quantize: Literal["nf4", "int8"] | None = _f(
         None, "Load the frozen UNet quantised through bitsandbytes (QLoRA-style; CUDA only).")
+    weight_dtype: Literal["auto", "fp8_e4m3fn", "fp8_e5m2", "bf16", "fp16", "fp32"] = _f(
+        "auto", "Storage dtype of the frozen Linear/Conv weights, cast per layer to the compute dtype at use; "
+        "fp8_e4m3fn/fp8_e5m2 take 1 byte a weight (half of bf16; e4m3fn is the more precise, e5m2 the wider "
+        "range). Adapters stay fp32. auto: the train.mixed_precision dtype.")
 
     def validate(self) -> list[str]:
-        return [] if self.pretrained.strip() else ["model.pretrained: must not be empty"]
+        problems = [] if self.pretrained.strip() else ["model.pretrained: must not be empty"]
+        if self.quantize and self.weight_dtype != "auto":
+            problems.append(f"model.weight_dtype = {self.weight_dtype!r} and model.quantize = {self.quantize!r} both "
+                            "set how the frozen weights are stored: choose one (leave the other out)")
+        return problems
 
 
 @dataclass
