@@ -244,3 +244,22 @@ def test_unet_down_mid_and_up_blocks_swap_exactly():
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference[2][name], rtol=1e-5, atol=1e-8)
     assert device.max_resident <= 2
+
+
+def test_fp8_stored_blocks_swap_exactly():
+    from sd_lora.models.fp8 import apply_weight_storage
+
+    def model():
+        flux = _tiny_flux().to(torch.bfloat16)
+        for p in flux.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        apply_weight_storage(flux, "fp8_e4m3fn", torch.bfloat16)
+        return flux
+
+    reference = _flux_step(model())
+    flux = model()
+    blocks = [*flux.transformer_blocks, *flux.single_transformer_blocks]
+    _, device = _swapped(flux, blocks, 4)
+    assert any(t.dtype == torch.float8_e4m3fn for tensors in device.frozen.values() for t in tensors)
+    _assert_same(_flux_step(flux), reference)
