@@ -31,9 +31,17 @@ class ModelConfig:
         None, "Load the frozen UNet quantised through bitsandbytes (QLoRA-style; CUDA only).")
     t5: bool = _f(True, "SD3: load the T5-XXL text encoder (false: its conditioning is zeros, as diffusers allows; "
                   "saves about 9 GB).")
+    weight_dtype: Literal["auto", "fp8_e4m3fn", "fp8_e5m2", "bf16", "fp16", "fp32"] = _f(
+        "auto", "Storage dtype of the frozen Linear/Conv weights, cast per layer to the compute dtype at use; "
+        "fp8_e4m3fn/fp8_e5m2 take 1 byte a weight (half of bf16; e4m3fn is the more precise, e5m2 the wider "
+        "range). Adapters stay fp32. auto: the train.mixed_precision dtype.")
 
     def validate(self) -> list[str]:
-        return [] if self.pretrained.strip() else ["model.pretrained: must not be empty"]
+        problems = [] if self.pretrained.strip() else ["model.pretrained: must not be empty"]
+        if self.quantize and self.weight_dtype != "auto":
+            problems.append(f"model.weight_dtype = {self.weight_dtype!r} and model.quantize = {self.quantize!r} both "
+                            "set how the frozen weights are stored: choose one (leave the other out)")
+        return problems
 
 
 @dataclass

@@ -104,9 +104,15 @@ class TrainConfig:
         0, "CPU threads for torch's ops. 0: OMP_NUM_THREADS when set, else auto: 1 for a small model (its ops are "
         "too small to split, and a thread waiting for a core another process holds stalls every op), else the "
         "cores other processes leave free. See scripts/benchmark_busy.py.")
+    blocks_to_swap: int = _f(
+        0, "Keep the frozen weights of this many transformer blocks (the last ones) in CPU memory and move each "
+        "to the GPU only for its forward and backward, the next one copied ahead: less GPU memory, slower steps, "
+        "the same results. 0: off.")
 
     def validate(self) -> list[str]:
         problems = []
+        if self.blocks_to_swap < 0:
+            problems.append(f"train.blocks_to_swap: must not be negative (0: off), got {self.blocks_to_swap}")
         if self.cpu_threads < 0:
             problems.append(f"train.cpu_threads: must not be negative (0: auto), got {self.cpu_threads}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every_n_steps",
