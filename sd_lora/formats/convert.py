@@ -30,12 +30,15 @@ CONVERT_KEY = "sd_lora.community"
 TARGETS = ("community", "diffusers")
 
 
-def layout_config(family: str, metadata: dict[str, str], unet_config=None):
-    """UNet config used for name mapping: given > stored in the file > the family's full-size UNet."""
+def layout_config(family: str, metadata: dict[str, str], unet_config=None, names=()):
+    """Denoiser config used for name mapping: given > stored in the file > the family's full-size model (for
+    SD3 / FLUX the released model the file's `names` fit)."""
     if unet_config is not None:
         return unet_config
     if metadata.get(LAYOUT_KEY):
         return metadata_json(metadata[LAYOUT_KEY], f"metadata {LAYOUT_KEY!r}")
+    if transformer_files.is_transformer_family(family):
+        return transformer_files.full_size_config(family, list(names))
     from sd_lora.models.architectures import unet_config as full_size
 
     return unet_layout(full_size(family))
@@ -80,9 +83,7 @@ def _to_community(tensors, metadata, family, unet_config):
 def _convert_transformer(tensors, metadata, to, family, config):
     """SD3 / FLUX: fused community modules are split into diffusers' modules and fused again on the way back
     (exact in ΔW; not byte-identical when a file's up is not block diagonal)."""
-    if config is None:
-        config = (metadata_json(metadata[LAYOUT_KEY], f"metadata {LAYOUT_KEY!r}") if metadata.get(LAYOUT_KEY)
-                  else transformer_files.full_size_config(family, list(tensors)))
+    config = layout_config(family, metadata, config, names=list(tensors))
     keep = {k: v for k, v in metadata.items() if k not in HASH_KEYS}
     if to == "diffusers":
         weights, problems = from_community(tensors, family, config)

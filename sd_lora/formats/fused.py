@@ -71,8 +71,9 @@ def split(params: dict[str, torch.Tensor], sizes: tuple[int, ...]) -> list[dict[
         raise SdLoraError(f"up has {up.shape[0]} rows, the fused module {sum(sizes)} ({' + '.join(map(str, sizes))})")
     alpha = params["alpha"] if "alpha" in params else torch.tensor(float(rank), dtype=down.dtype)
     bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    used = [(up[a:b].flatten(1) != 0).any(0) for a, b in zip(bounds, bounds[1:])]
-    diagonal = "dora_scale" not in params and int(torch.stack(used).sum(0).max()) <= 1
+    used = [(up[a:b].flatten(1) != 0).any(0) for a, b in zip(bounds, bounds[1:])] if not up.is_meta else []
+    # shapes-only (meta) tensors cannot show which blocks are used: every block then gets the whole down
+    diagonal = "dora_scale" not in params and not up.is_meta and int(torch.stack(used).sum(0).max()) <= 1
     out: list[dict[str, torch.Tensor] | None] = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         if diagonal:

@@ -114,7 +114,7 @@ def module_to_community(component: str, path: str, family: str, unet_config) -> 
     if component == "unet":
         if family == "sdxl":
             path = diffusers_to_sgm(path, unet_config)
-    else:
+    elif component.startswith("text_encoder"):
         path = canonical_text_encoder_path(path)
     return prefix + path.replace(".", "_")
 
