@@ -304,3 +304,28 @@ def test_convert_both_ways_and_inspect(tmp_path, family):
     assert summary["family"] == family and summary["format"] == "community"
     assert set(summary["modules"]) >= {"transformer", "text_encoder"}
     assert json.loads(summary["metadata"]["sd_lora.unet_layout"])["num_layers"] == 2
+
+
+def test_shift_scale_halves_follow_diffusers_own_converter(tmp_path):
+    """The original final / last-context modulation keep (shift, scale); diffusers' converter swaps the halves."""
+    from diffusers.loaders.single_file_utils import swap_scale_shift
+
+    g = torch.Generator().manual_seed(2)
+    tensors = {}
+    for name in ("final_layer_adaLN_modulation_1", "joint_blocks_1_context_block_adaLN_modulation_1",
+                 "joint_blocks_0_context_block_adaLN_modulation_1"):
+        rows = 64 if "final" in name or "blocks_1" in name else 192
+        tensors[f"lora_unet_{name}.lora_down.weight"] = torch.randn(3, 32, generator=g)
+        tensors[f"lora_unet_{name}.lora_up.weight"] = torch.randn(rows, 3, generator=g)
+    save_file(tensors, tmp_path / "k.safetensors")
+    fresh = {"transformer": th.transformer("sd3")}
+    apply_adapter_file(th.pipe_of(fresh), tmp_path / "k.safetensors", "k", family="sd3")
+    named = dict(fresh["transformer"].named_modules())
+    for name, path, swapped in [("final_layer_adaLN_modulation_1", "norm_out.linear", True),
+                                ("joint_blocks_1_context_block_adaLN_modulation_1",
+                                 "transformer_blocks.1.norm1_context.linear", True),
+                                ("joint_blocks_0_context_block_adaLN_modulation_1",
+                                 "transformer_blocks.0.norm1_context.linear", False)]:
+        original = tensors[f"lora_unet_{name}.lora_up.weight"] @ tensors[f"lora_unet_{name}.lora_down.weight"]
+        want = swap_scale_shift(original, 32) if swapped else original
+        torch.testing.assert_close(named[path].get_delta_weight("k"), want, rtol=0, atol=1e-6)
