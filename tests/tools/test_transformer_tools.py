@@ -69,3 +69,28 @@ def test_merge_concat_adds_the_weighted_updates(tmp_path, family):
     for key in a:
         torch.testing.assert_close(m[key], 0.7 * a[key] - 0.4 * b[key], rtol=0, atol=1e-5, msg=key)
     assert any(k.endswith("_attn_qkv.lora_up.weight") for k in load_file(tmp_path / "m.safetensors"))
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_extract_recovers_low_rank_differences_of_two_transformers(tmp_path, family):
+    from sd_lora.tools import extract_adapter
+    from sd_lora.tools.basemodel import BaseComponents
+
+    base, tuned = th.models(family), th.models(family)
+    g = torch.Generator().manual_seed(6)
+    changed = {"transformer_blocks.0.attn.to_k", "transformer_blocks.1.ff.net.2", "transformer_blocks.0.norm1.linear"}
+    if family == "flux":
+        changed |= {"single_transformer_blocks.1.proj_mlp", "single_transformer_blocks.0.attn.to_q"}
+    named = dict(tuned["transformer"].named_modules())
+    truth = {}
+    for path in changed:
+        w = named[path].weight
+        truth[path] = (torch.randn(w.shape[0], 2, generator=g) @ torch.randn(2, w.shape[1], generator=g)).double()
+        with torch.no_grad():
+            w += truth[path].float()
+    extract_adapter(BaseComponents(base, family), BaseComponents(tuned, family), tmp_path / "x.safetensors", rank=2,
+                    text_encoder="off", save_precision="fp32")
+    got = _deltas(tmp_path / "x.safetensors", family, base["transformer"].config)
+    assert sorted(got) == sorted(f"transformer.{p}" for p in changed)
+    for path in changed:
+        torch.testing.assert_close(got[f"transformer.{path}"], truth[path], rtol=0, atol=1e-4)
