@@ -110,6 +110,10 @@ def dotted(name: str) -> str:
 
 def module_to_community(component: str, path: str, family: str, unet_config) -> str:
     """Community module name (no `.lora_down.weight` suffix) of a module path of `component`."""
+    if family in ("sd3", "flux"):
+        from sd_lora.formats.transformer_files import module_name
+
+        return module_name(family, unet_config, component, path)
     prefix = component_prefix(family, component)
     if component == "unet":
         if family == "sdxl":

@@ -23,7 +23,8 @@ from sd_lora.formats import fused
 from sd_lora.formats.names import canonical_text_encoder_path, dotted
 
 __all__ = ["TRANSFORMER_FAMILIES", "keys_module", "is_transformer_family", "to_community", "from_community",
-           "FOREIGN_PREFIXES", "LYCORIS_PREFIX", "full_size_config", "layout", "variant"]
+           "FOREIGN_PREFIXES", "LYCORIS_PREFIX", "full_size_config", "layout", "variant",
+           "module_name"]
 
 TRANSFORMER_FAMILIES = ("sd3", "flux")
 LYCORIS_PREFIX = "lycoris_"
@@ -81,6 +82,19 @@ def layout(config) -> dict:
 
 def variant(family: str, config) -> str:
     return keys_module(family).variant(config)
+
+
+def module_name(family: str, config, component: str, path: str) -> str:
+    """How a community file names the module (for reports): the original module, plus the diffusers module's
+    last name when it is one row block of a fused weight (`lora_unet_double_blocks_0_img_attn_qkv:to_k`)."""
+    km = keys_module(family)
+    if component != "transformer":
+        return _te_name(km.TEXT_ENCODER_PREFIXES.get(component, component + "_"), path)
+    for name, group in km.groups(config).items():
+        if path in group.parts:
+            flat = km.DENOISER_PREFIX + name.replace(".", "_")
+            return flat if group.sizes is None else f"{flat}:{path.rsplit('.', 1)[-1]}"
+    return LYCORIS_PREFIX + path.replace(".", "_")
 
 
 def _te_name(prefix: str, path: str) -> str:

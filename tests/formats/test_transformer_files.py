@@ -329,3 +329,17 @@ def test_shift_scale_halves_follow_diffusers_own_converter(tmp_path):
         original = tensors[f"lora_unet_{name}.lora_up.weight"] @ tensors[f"lora_unet_{name}.lora_down.weight"]
         want = swap_scale_shift(original, 32) if swapped else original
         torch.testing.assert_close(named[path].get_delta_weight("k"), want, rtol=0, atol=1e-6)
+
+
+def test_reports_name_modules_as_the_file_does():
+    from sd_lora.formats.names import module_to_community
+
+    cfg = th.FLUX_TINY
+    assert module_to_community("transformer", "transformer_blocks.0.attn.to_k", "flux", cfg) == \
+        "lora_unet_double_blocks_0_img_attn_qkv:to_k"
+    assert module_to_community("transformer", "single_transformer_blocks.1.proj_out", "flux", cfg) == \
+        "lora_unet_single_blocks_1_linear2"
+    assert module_to_community("text_encoder_2", "encoder.block.0.layer.0.SelfAttention.q", "flux", cfg) == \
+        "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
+    assert module_to_community("text_encoder_2", "text_model.encoder.layers.0.mlp.fc1", "sd3", th.SD3_TINY) == \
+        "lora_te2_text_model_encoder_layers_0_mlp_fc1"
