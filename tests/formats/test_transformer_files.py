@@ -343,3 +343,26 @@ def test_reports_name_modules_as_the_file_does():
         "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
     assert module_to_community("text_encoder_2", "text_model.encoder.layers.0.mlp.fc1", "sd3", th.SD3_TINY) == \
         "lora_te2_text_model_encoder_layers_0_mlp_fc1"
+
+
+def test_a_fused_dora_module_splits_by_rows(tmp_path):
+    """DoRA's magnitude is one value per output row, so each q/k/v block keeps its rows of it exactly."""
+    g = torch.Generator().manual_seed(8)
+    name = "lora_unet_double_blocks_1_txt_attn_qkv"
+    down, up = torch.randn(4, 32, generator=g) * 0.1, torch.randn(96, 4, generator=g) * 0.1
+    fresh = {"transformer": th.transformer("flux")}
+    named = dict(fresh["transformer"].named_modules())
+    parts = [named[f"transformer_blocks.1.attn.add_{x}_proj"] for x in "qkv"]
+    fused_w = torch.cat([p.weight.detach() for p in parts])
+    magnitude = (fused_w + up @ down).norm(dim=1, keepdim=True) * (1 + 0.2 * torch.rand(96, 1, generator=g))
+    save_file({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(4.0),
+               f"{name}.dora_scale": magnitude}, tmp_path / "d.safetensors")
+    x = torch.randn(3, 32, generator=g)
+    with torch.no_grad():
+        adapted = fused_w + up @ down
+        want = x @ (magnitude * adapted / adapted.norm(dim=1, keepdim=True)).T + torch.cat([p.bias for p in parts])
+    apply_adapter_file(th.pipe_of(fresh), tmp_path / "d.safetensors", "d", family="flux")
+    named = dict(fresh["transformer"].named_modules())  # the adapted layers now wrap the originals
+    with torch.no_grad():
+        got = torch.cat([named[f"transformer_blocks.1.attn.add_{x_}_proj"](x) for x_ in "qkv"], dim=1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
