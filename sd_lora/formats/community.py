@@ -54,19 +54,35 @@ COMMUNITY_SUFFIXES = {
 _TO_SUFFIX = {v: k for k, v in COMMUNITY_SUFFIXES.items()}
 
 
+# transformer-family layouts whose module names contain dots (peft, ai-toolkit / ComfyUI, XLabs)
+_DOTTED_PREFIXES = ("base_model.model.", "diffusion_model.", "double_blocks.", "single_blocks.", "joint_blocks.")
+_OTHER_PREFIXES = ("lora_te3_", "lora_transformer_", "lycoris_")
+# suffixes of those layouts, longest first so that `.lora.down.weight` wins over XLabs' `.down.weight`
+_DOTTED_SUFFIXES = sorted({**COMMUNITY_SUFFIXES, "lora_A.weight": "lora_A", "lora_B.weight": "lora_B",
+                           "lora.down.weight": "lora_A", "lora.up.weight": "lora_B", "down.weight": "lora_A",
+                           "up.weight": "lora_B", "lora_magnitude_vector": "lora_magnitude_vector"}.items(),
+                          key=lambda kv: -len(kv[0]))
+
+
 def split_community_key(key: str) -> tuple[str, str] | None:
     """`lora_unet_x.lora_down.weight` -> (`lora_unet_x`, `lora_A`); None if the suffix is unknown."""
+    if key.startswith(_DOTTED_PREFIXES):
+        return next(((key[: -len(s) - 1], p) for s, p in _DOTTED_SUFFIXES if key.endswith("." + s)), None)
     name, _, suffix = key.partition(".")
     param = COMMUNITY_SUFFIXES.get(suffix)
     return (name, param) if param else None
 
 
 def is_community_key(key: str) -> bool:
-    return key.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"))
+    return key.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_") + _OTHER_PREFIXES + _DOTTED_PREFIXES)
 
 
 def to_community(weights: AdapterWeights, family: str, unet_config) -> dict[str, torch.Tensor]:
     """Neutral layout -> community state dict (names per `names.module_to_community`)."""
+    from sd_lora.formats import transformer_files
+
+    if transformer_files.is_transformer_family(family):
+        return transformer_files.to_community(weights, family, unet_config)
     out: dict[str, torch.Tensor] = {}
     for component, modules in weights.items():
         for path, params in modules.items():
@@ -80,6 +96,10 @@ def from_community(
     state_dict: dict[str, torch.Tensor], family: str, unet_config
 ) -> tuple[AdapterWeights, list[str]]:
     """Community state dict -> (neutral layout, problems). Problems name each key that did not map."""
+    from sd_lora.formats import transformer_files
+
+    if transformer_files.is_transformer_family(family):
+        return transformer_files.from_community(state_dict, family, unet_config)
     weights: AdapterWeights = {c: {} for c in FAMILY_PREFIXES[family]}
     problems: list[str] = []
     for key, tensor in state_dict.items():
@@ -107,7 +127,7 @@ def adapter_type(weights: AdapterWeights) -> str:
         return "loha"
     if names & set(LOKR_PARAMS):
         return "lokr"
-    if "dora_scale" in names:
+    if names & {"dora_scale", "lora_magnitude_vector"}:
         return "dora"
     if any(name == "lora_A" and t.ndim == 4 and t.shape[-1] * t.shape[-2] > 1 for name, t in params):
         return "locon"

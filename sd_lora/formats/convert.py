@@ -16,6 +16,7 @@ import torch
 
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_bytes
+from sd_lora.formats import transformer_files
 from sd_lora.formats.community import from_community, to_community
 from sd_lora.formats.detect import detect_format, guess_family
 from sd_lora.formats.diffusers_format import METADATA_KEY, from_diffusers, to_diffusers
@@ -29,12 +30,15 @@ CONVERT_KEY = "sd_lora.community"
 TARGETS = ("community", "diffusers")
 
 
-def layout_config(family: str, metadata: dict[str, str], unet_config=None):
-    """UNet config used for name mapping: given > stored in the file > the family's full-size UNet."""
+def layout_config(family: str, metadata: dict[str, str], unet_config=None, names=()):
+    """Denoiser config used for name mapping: given > stored in the file > the family's full-size model (for
+    SD3 / FLUX the released model the file's `names` fit)."""
     if unet_config is not None:
         return unet_config
     if metadata.get(LAYOUT_KEY):
         return metadata_json(metadata[LAYOUT_KEY], f"metadata {LAYOUT_KEY!r}")
+    if transformer_files.is_transformer_family(family):
+        return transformer_files.full_size_config(family, list(names))
     from sd_lora.models.architectures import unet_config as full_size
 
     return unet_layout(full_size(family))
@@ -76,6 +80,23 @@ def _to_community(tensors, metadata, family, unet_config):
     return out, {k: v for k, v in metadata.items() if k not in drop}
 
 
+def _convert_transformer(tensors, metadata, to, family, config):
+    """SD3 / FLUX: fused community modules are split into diffusers' modules and fused again on the way back
+    (exact in ΔW; not byte-identical when a file's up is not block diagonal)."""
+    config = layout_config(family, metadata, config, names=list(tensors))
+    keep = {k: v for k, v in metadata.items() if k not in HASH_KEYS}
+    if to == "diffusers":
+        weights, problems = from_community(tensors, family, config)
+        if problems:
+            raise SdLoraError(f"{len(problems)} key(s) do not map to {family} modules: {problems[:5]}")
+        out, extra = to_diffusers(weights)
+        return out, {**keep, **extra, LAYOUT_KEY: json.dumps(transformer_files.layout(config), sort_keys=True)}
+    weights, problems = from_diffusers(tensors, metadata)
+    if problems:
+        raise SdLoraError(f"{len(problems)} key(s) are not diffusers LoRA keys: {problems[:5]}")
+    return to_community(weights, family, config), {k: v for k, v in keep.items() if k != METADATA_KEY}
+
+
 def convert_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], to: str, family: str,
                   unet_config=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a community or diffusers file rewritten in format `to`."""
@@ -84,9 +105,11 @@ def convert_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], to
     source = detect_format(tensors)
     if source == "unknown":
         raise SdLoraError("the tensors are neither all community (lora_unet_/lora_te*) nor all diffusers keys")
-    config = layout_config(family, metadata, unet_config)
     if source == to:
         return dict(tensors), dict(metadata)
+    if transformer_files.is_transformer_family(family):
+        return _convert_transformer(tensors, metadata, to, family, unet_config)
+    config = layout_config(family, metadata, unet_config)
     convert = _to_diffusers if to == "diffusers" else _to_community
     out, meta = convert(tensors, metadata, family, config)
     if family == "sdxl" and LAYOUT_KEY not in meta:
@@ -102,7 +125,7 @@ def convert_file(src, dst, to: str, family: str | None = None, *, unet_config=No
     if family is None:
         family, why = guess_family(tensors, metadata)
         if family is None:
-            raise SdLoraError(f"{src}: cannot tell the model family ({why}); pass --family sd1|sd2|sdxl.")
+            raise SdLoraError(f"{src}: cannot tell the model family ({why}); pass --family sd1|sd2|sdxl|sd3|flux.")
     try:
         out, meta = convert_state(tensors, metadata, to, family, unet_config)
     except SdLoraError as e:

@@ -14,7 +14,7 @@ from sd_lora.formats.diffusers_format import is_diffusers_key
 
 __all__ = ["detect_format", "guess_family", "pipeline_family", "FAMILY_NAMES"]
 
-FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX.1"}
 _CROSS_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_WIDTH = {768: "sd1", 1024: "sd2"}
 
@@ -56,6 +56,9 @@ def _from_shapes(tensors: dict[str, torch.Tensor]) -> tuple[str | None, str]:
 def guess_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str | None, str]:
     """(family or None, why) from the keys, the shapes, then the metadata."""
     keys = list(tensors)
+    transformer = _transformer_family(keys, tensors, metadata)
+    if transformer[0] or transformer[1]:
+        return transformer
     if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
         return "sdxl", "it has keys for two text encoders"
     if any(k.startswith(("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks")) for k in keys):
@@ -75,8 +78,47 @@ def guess_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     return None, "its keys do not say"
 
 
+_FLUX_MARKERS = ("double_blocks", "single_blocks", "single_transformer_blocks")
+_DENOISER_PREFIXES = ("transformer.", "lora_transformer_", "lycoris_", "base_model.model.")
+
+
+def _transformer_family(keys: list[str], tensors, metadata: dict[str, str]) -> tuple[str | None, str]:
+    """SD3 / FLUX from original block names, FLUX-only modules, the width of diffusers' blocks, the metadata."""
+    if any("joint_blocks" in k for k in keys) or any(k.startswith("text_encoder_3.") for k in keys):
+        return "sd3", "it names SD3's joint blocks or a third text encoder"
+    if any(m in k for k in keys for m in _FLUX_MARKERS):
+        return "flux", "it names FLUX's double/single-stream blocks"
+    blocks = [k for k in keys if k.startswith(_DENOISER_PREFIXES)]
+    for key in blocks:
+        if key.endswith(("attn.to_q.lora_A.weight", "attn_to_q.lora_down.weight")) and tensors[key].ndim == 2:
+            width = tensors[key].shape[1]
+            if width == 3072:
+                return "flux", "its attention width is 3072 (FLUX.1)"
+            if width in (1536, 2432):
+                return "sd3", f"its attention width is {width} (SD3 / SD3.5)"
+    version = metadata.get("ss_base_model_version", "")
+    architecture = metadata.get("modelspec.architecture", "")
+    if version.startswith("flux") or architecture.startswith("flux"):
+        return "flux", "its metadata says FLUX.1"
+    if version in ("medium", "5-medium", "5-large") or architecture.startswith("stable-diffusion-3"):
+        return "sd3", "its metadata says SD3"
+    if blocks:
+        return "sd3", "its transformer blocks have no FLUX single-stream blocks"
+    if any(k.startswith("lora_te3_") for k in keys):
+        return None, "it has a T5 (lora_te3_) adapter, which SD3 and FLUX files both have"
+    return None, ""
+
+
 def pipeline_family(pipe) -> str:
-    """Family of a loaded diffusers pipeline: two text encoders -> sdxl; conv proj_in -> sd1; else sd2."""
+    """Family of a loaded diffusers pipeline: its transformer's class for SD3 / FLUX; two text encoders ->
+    sdxl; conv proj_in -> sd1; else sd2."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        name = type(transformer).__name__
+        if name.startswith("SD3"):
+            return "sd3"
+        if name.startswith("Flux"):
+            return "flux"
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
     return "sd2" if pipe.unet.config.get("use_linear_projection") else "sd1"

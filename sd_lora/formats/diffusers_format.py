@@ -27,7 +27,7 @@ from sd_lora.formats.safetensors_io import metadata_json
 __all__ = ["METADATA_KEY", "COMPONENTS", "to_diffusers", "from_diffusers", "is_diffusers_key"]
 
 METADATA_KEY = "lora_adapter_metadata"
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 _SUFFIXES = {"lora_A.weight": "lora_A", "lora_B.weight": "lora_B",
              "lora_magnitude_vector": "lora_magnitude_vector",
              "lora_magnitude_vector.weight": "lora_magnitude_vector"}
@@ -127,7 +127,7 @@ def from_diffusers(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
             problems.append(f"{key}: not a diffusers LoRA key (<component>.<module>.lora_A/lora_B.weight)")
             continue
         path, param = match
-        if component != "unet":
+        if component.startswith("text_encoder"):
             path = canonical_text_encoder_path(path)
         weights.setdefault(component, {}).setdefault(path, {})[param] = tensor
     for component, modules in weights.items():

@@ -17,6 +17,7 @@ import torch
 
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_path
+from sd_lora.formats import transformer_files
 from sd_lora.formats.community import DORA_A1111_NOTE, AdapterWeights, adapter_type, to_community
 from sd_lora.formats.diffusers_format import to_diffusers
 from sd_lora.formats.imports import load_adapter_file, plan_modules
@@ -78,9 +79,10 @@ def weights_facts(weights: AdapterWeights) -> dict:
 
 
 
-def _metadata(weights: AdapterWeights, family: str, given: dict[str, str] | None) -> dict[str, str]:
+def _metadata(weights: AdapterWeights, family: str, given: dict[str, str] | None,
+              variant: str | None = None) -> dict[str, str]:
     facts = weights_facts(weights)
-    derived = minimum_metadata({"family": family, **facts})
+    derived = minimum_metadata({"family": family, "model_variant": variant, **facts})
     # values measured on the weights win over what the caller passed for them
     meta = {**derived, **(given or {}), **{k: derived[k] for k in _FACT_KEYS}}
     try:
@@ -110,7 +112,9 @@ def save_adapter(path, components: dict[str, torch.nn.Module], family: str, *, u
                  format: str = "community", metadata: dict[str, str] | None = None) -> CoverageReport:
     """Write adapter `adapter_name` of `components` to `path`; returns the coverage report.
 
-    `components`: "unet", "text_encoder" (+ "text_encoder_2" for SDXL), each with peft adapters injected.
+    `components`: "unet", "text_encoder" (+ "text_encoder_2" for SDXL), each with peft adapters injected; for
+    SD3 "transformer", "text_encoder", "text_encoder_2", "text_encoder_3" (CLIP-L, CLIP-G, T5) and for FLUX
+    "transformer", "text_encoder", "text_encoder_2" (CLIP-L, T5), with `unet_config` the transformer's config.
     Tensors (alpha too) are cast to `save_precision`. `metadata` (string values, e.g. from
     `community_metadata`) is merged over the minimum set; dim / alpha / module always come from the weights.
     """
@@ -118,7 +122,11 @@ def save_adapter(path, components: dict[str, torch.nn.Module], family: str, *, u
         raise SdLoraError(f"unknown adapter format {format!r}; expected one of {FORMATS}")
     path = Path(path)
     weights = _cast(collect_adapter_weights(components, adapter_name), save_precision)
-    meta = _metadata(weights, family, metadata)
+    if transformer_files.is_transformer_family(family):
+        meta = _metadata(weights, family, metadata, transformer_files.variant(family, unet_config))
+        meta[LAYOUT_KEY] = json.dumps(transformer_files.layout(unet_config), sort_keys=True)
+    else:
+        meta = _metadata(weights, family, metadata)
     if family == "sdxl":
         meta[LAYOUT_KEY] = json.dumps(unet_layout(unet_config), sort_keys=True)
     if format == "community":

@@ -24,7 +24,8 @@ from sd_lora.formats.peft_dir import is_peft_dir, read_peft_dir
 from sd_lora.formats.safetensors_io import read_tensor_file
 from sd_lora.formats.validate import find_non_finite, find_non_finite_keys, find_rank_mismatches, resolve_modules
 
-__all__ = ["AdapterFile", "ApplyReport", "load_adapter_file", "plan_modules", "apply_adapter_file"]
+__all__ = ["AdapterFile", "ApplyReport", "load_adapter_file", "plan_modules", "apply_adapter_file",
+           "denoiser_config"]
 
 _MAX_LISTED = 8
 
@@ -110,9 +111,11 @@ def load_adapter_file(path: str | Path, allow_pickle: bool = False) -> AdapterFi
         raise SdLoraError(f"{path}: the file holds no tensors.")
     fmt = detect_format(tensors)
     if fmt == "unknown":
-        foreign = [k for k in tensors if not k.startswith(("lora_unet_", "lora_te", "unet.", "text_encoder"))]
+        foreign = [k for k in tensors if not k.startswith(("lora_unet_", "lora_te", "unet.", "transformer.",
+                                                           "text_encoder"))]
         raise SdLoraError(f"{path}: not a LoRA file sd-lora knows: keys such as {foreign[:3] or list(tensors)[:3]} "
-                          "are neither community (lora_unet_/lora_te*_) nor diffusers (unet./text_encoder.) keys.")
+                          "are neither community (lora_unet_/lora_te*_, or an SD3/FLUX layout ComfyUI reads) nor "
+                          "diffusers (unet./transformer./text_encoder.) keys.")
     family, reason = guess_family(tensors, metadata)
     kind_weights = from_diffusers(tensors, metadata)[0] if fmt == "diffusers" else _kinds_only(tensors)
     _check_tensors(path, tensors, kind_weights)
@@ -145,7 +148,7 @@ def _fail(adapter: AdapterFile, family: str, problems: list[str], what: str) -> 
 def _with_file_names(adapter: AdapterFile, weights: AdapterWeights, problems: list[str], family: str,
                      unet_config) -> list[str]:
     """Prefix each problem with the module's name as the file spells it, so users can find the key."""
-    if adapter.format != "community":
+    if adapter.format != "community" or family in ("sd3", "flux"):
         return problems
     from sd_lora.formats.community import split_community_key
     from sd_lora.formats.names import community_to_module
@@ -180,6 +183,12 @@ def plan_modules(adapter: AdapterFile, components: dict[str, torch.nn.Module], f
     return resolved
 
 
+def denoiser_config(pipe):
+    """Config of the pipeline's denoiser: the UNet, or the transformer of SD3 / FLUX."""
+    denoiser = getattr(pipe, "unet", None)
+    return (denoiser if denoiser is not None else pipe.transformer).config
+
+
 def _components(pipe, family: str) -> dict[str, torch.nn.Module]:
     return {c: getattr(pipe, c) for c in FAMILY_PREFIXES[family] if getattr(pipe, c, None) is not None}
 
@@ -204,7 +213,7 @@ def apply_adapter_file(pipe, path: str | Path, adapter_name: str, *, family: str
     taken = [c for c, m in components.items() if adapter_name in (getattr(m, "peft_config", None) or {})]
     if taken:
         raise SdLoraError(f"adapter name {adapter_name!r} is already used in {taken}; pick another name.")
-    plan = plan_modules(adapter, components, family, pipe.unet.config)
+    plan = plan_modules(adapter, components, family, denoiser_config(pipe))
     try:
         _apply(adapter, plan, components, adapter_name)
         applied = {c: len(adapted_modules(components[c], adapter_name)) for c in plan}

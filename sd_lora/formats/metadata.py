@@ -44,6 +44,16 @@ _ARCHITECTURE = {
     ("sdxl", True): "stable-diffusion-xl-v1-base/lora",
 }
 _IMPLEMENTATION = {"sd1": "diffusers", "sd2": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+# SD3 / FLUX, by the model variant (`sd3_keys.variant` / `flux_keys.variant`), as kohya's sai_model_spec.py and
+# sd3/flux_train_network.py write them: (modelspec.architecture, ss_base_model_version, modelspec.implementation)
+_TRANSFORMER_SPEC = {
+    "sd3-medium": ("stable-diffusion-3-medium/lora", "medium", "diffusers"),
+    "sd3.5-medium": ("stable-diffusion-3-5-medium/lora", "5-medium", "diffusers"),
+    "sd3.5-large": ("stable-diffusion-3-5-large/lora", "5-large", "diffusers"),
+    "flux-dev": ("flux-1-dev/lora", "flux1", "https://github.com/black-forest-labs/flux"),
+    "flux-schnell": ("flux-1-schnell/lora", "flux1", "https://github.com/black-forest-labs/flux"),
+}
+_DEFAULT_VARIANT = {"sd3": "sd3.5-medium", "flux": "flux-dev"}
 _NETWORK_MODULE = {"lora": "networks.lora", "locon": "networks.lora", "dora": "lycoris.kohya",
                    "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
 
@@ -153,11 +163,14 @@ def minimum_metadata(info: dict) -> dict[str, str]:
         args["algo"] = "lora" if adapter == "dora" else adapter
     if adapter == "dora":
         args.setdefault("dora_wd", "True")
-    resolution = info.get("resolution", 1024 if family == "sdxl" else (768 if family == "sd2" and v else 512))
+    resolution = info.get("resolution", 1024 if family in ("sdxl", "sd3", "flux") else
+                          (768 if family == "sd2" and v else 512))
     w, h = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     date = info.get("date") or _dt.datetime.now()
     if isinstance(date, _dt.datetime):
         date = date.replace(microsecond=0).isoformat()
+    if family in _DEFAULT_VARIANT:
+        return _transformer_metadata(info, family, args, date, w, h)
     return {
         "ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
         "ss_network_dim": str(int(info.get("network_dim", 4))),
@@ -172,6 +185,28 @@ def minimum_metadata(info: dict) -> dict[str, str]:
         "modelspec.resolution": f"{w}x{h}",
         "modelspec.date": str(date),
         "modelspec.prediction_type": "v" if v else "epsilon",
+    }
+
+
+def _transformer_metadata(info: dict, family: str, args: dict, date: str, w: int, h: int) -> dict[str, str]:
+    """The minimum set for SD3 / FLUX: the model variant (`info["model_variant"]`) decides the spec strings."""
+    variant = info.get("model_variant") or _DEFAULT_VARIANT[family]
+    architecture, version, implementation = _TRANSFORMER_SPEC[variant]
+    adapter = info.get("adapter_type", "lora")
+    return {
+        "ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
+        "ss_network_dim": str(int(info.get("network_dim", 4))),
+        "ss_network_alpha": _float(info.get("network_alpha", info.get("network_dim", 4))),
+        "ss_network_args": _json({k: str(v) for k, v in args.items()}),
+        "ss_base_model_version": version,
+        "ss_v2": "False",
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": implementation,
+        "modelspec.title": str(info.get("title") or info.get("output_name") or "sd-lora adapter"),
+        "modelspec.resolution": f"{w}x{h}",
+        "modelspec.date": str(date),
+        "modelspec.prediction_type": "flow",
     }
 
 

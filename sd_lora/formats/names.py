@@ -32,6 +32,10 @@ FAMILY_PREFIXES = {
     "sd1": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
     "sd2": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
     "sdxl": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+    # transformer families: the denoiser is the pipeline's `transformer` (names in `transformer_files`)
+    "sd3": {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_",
+            "text_encoder_3": "lora_te3_"},
+    "flux": {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te3_"},
 }
 
 # Module-name suffixes the reference trainer adapts (regexes for peft's `target_modules`).
@@ -56,6 +60,8 @@ _COMPOUNDS = sorted(
         "skip_connection", "time_embed", "label_emb", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
         "out_proj", "final_layer_norm", "layer_norm1", "layer_norm2", "text_projection", "token_embedding",
         "position_embedding", "norm_out", "conv_act",
+        # T5 encoder (SD3 / FLUX lora_te3_)
+        "wi_0", "wi_1", "relative_attention_bias", "layer_norm",
     },
     key=lambda c: -c.count("_"),
 )
@@ -69,7 +75,10 @@ def component_prefix(family: str, component: str) -> str:
 
 
 def canonical_text_encoder_path(path: str) -> str:
-    """Path as community names spell it: under `text_model.` unless it is the projection head."""
+    """Path as community names spell it: under `text_model.` unless it is the projection head or a T5 module
+    (T5's `encoder.block.N` / `shared`, named from the model's root as kohya and ComfyUI do)."""
+    if path.startswith(("encoder.block.", "encoder.final_layer_norm")) or path == "shared":
+        return path
     if path.startswith("text_model.") or path == "text_projection" or path.startswith("text_projection."):
         return path
     return "text_model." + path
@@ -101,11 +110,15 @@ def dotted(name: str) -> str:
 
 def module_to_community(component: str, path: str, family: str, unet_config) -> str:
     """Community module name (no `.lora_down.weight` suffix) of a module path of `component`."""
+    if family in ("sd3", "flux"):
+        from sd_lora.formats.transformer_files import module_name
+
+        return module_name(family, unet_config, component, path)
     prefix = component_prefix(family, component)
     if component == "unet":
         if family == "sdxl":
             path = diffusers_to_sgm(path, unet_config)
-    else:
+    elif component.startswith("text_encoder"):
         path = canonical_text_encoder_path(path)
     return prefix + path.replace(".", "_")
 

@@ -115,7 +115,7 @@ def _collect_one(model: torch.nn.Module, component: str, adapter_name: str) -> d
             params = _orthogonal_params(layer, path, state, adapter_name)
         else:
             params = _lora_params(layer, path, state, adapter_name)
-        modules[canonical_text_encoder_path(path) if component != "unet" else path] = params
+        modules[canonical_text_encoder_path(path) if component.startswith("text_encoder") else path] = params
     if state:
         raise SdLoraError(f"{component}: adapter {adapter_name!r} has tensors no community format can hold: "
                           f"{sorted(state)[:5]} (e.g. lora bias or modules_to_save).")

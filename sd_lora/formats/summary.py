@@ -18,7 +18,7 @@ from sd_lora.formats.metadata import model_hash, legacy_hash
 __all__ = ["summarize_file", "format_summary", "dumps"]
 
 _COMPONENT_OF_PREFIX = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
-                        "lora_te2_": "text_encoder_2"}
+                        "lora_te2_": "text_encoder_2", "lora_te3_": "t5"}
 _RANK_KEYS = ("lora_A", "hada_w1_b", "lokr_w2_b", "lokr_w1_b")
 
 
@@ -35,8 +35,11 @@ def _modules(adapter) -> dict[str, dict[str, dict]]:
         if split is None:
             continue
         name, param = split
-        prefix = next(p for p in sorted(_COMPONENT_OF_PREFIX, key=len, reverse=True) if name.startswith(p))
-        out[_COMPONENT_OF_PREFIX[prefix]].setdefault(name, {})[param] = tensor
+        prefix = next((p for p in sorted(_COMPONENT_OF_PREFIX, key=len, reverse=True) if name.startswith(p)), None)
+        component = _COMPONENT_OF_PREFIX.get(prefix, "transformer")  # the SD3 / FLUX layouts ComfyUI reads
+        if component == "unet" and adapter.family in ("sd3", "flux"):
+            component = "transformer"
+        out[component].setdefault(name, {})[param] = tensor
     return dict(out)
 
 

@@ -76,7 +76,7 @@ def resolve_modules(
         named = dict(model.named_modules())
         has_text_model = hasattr(model, "text_model")
         for path, params in modules.items():
-            model_path = path if component == "unet" else model_text_encoder_path(path, has_text_model)
+            model_path = model_text_encoder_path(path, has_text_model) if component.startswith("text_encoder") else path
             module = named.get(model_path)
             if module is None:
                 problems.append(f"{component}.{path}: no such module")

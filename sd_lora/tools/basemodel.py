@@ -26,7 +26,7 @@ class BaseComponents:
         model = self.components.get(component)
         if model is None:
             return None
-        if component != "unet":
+        if component.startswith("text_encoder"):
             path = model_text_encoder_path(path, hasattr(model, "text_model"))
         module = self._named[component].get(path)
         return module.get_base_layer() if module is not None and hasattr(module, "get_base_layer") else module

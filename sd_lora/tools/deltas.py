@@ -23,7 +23,7 @@ from sd_lora.formats.lycoris import delta_weight
 __all__ = ["AdapterInput", "read_adapter", "module_shape", "module_delta", "lora_factors", "is_lora_module",
            "kernel_of", "prediction_of", "apply_delta", "FAMILIES"]
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 _CONV3 = re.compile(r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv|^conv_in|^conv_out)$")
 
 
@@ -66,8 +66,8 @@ def read_adapter(path, family: str | None = None, unet_config=None, allow_pickle
     family = family or adapter.family
     if family is None:
         raise SdLoraError(f"{path}: cannot tell the model family ({adapter.family_reason}); "
-                          "pass --family sd1|sd2|sdxl.")
-    layout = layout_config(family, adapter.metadata, unet_config)
+                          "pass --family sd1|sd2|sdxl|sd3|flux.")
+    layout = layout_config(family, adapter.metadata, unet_config, names=list(adapter.tensors))
     weights, problems = adapter.weights(family, layout)
     if problems:
         raise SdLoraError(f"{path}: {len(problems)} key(s) do not map to {FAMILY_NAMES[family]} modules: "

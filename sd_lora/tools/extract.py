@@ -2,7 +2,9 @@
 
 Modules: the UNet's attention / feed-forward / projection layers (and, with `conv_rank`, the ResNet convs,
 time-embedding projections, shortcuts and samplers, as kohya's LoCon extraction), the text encoders'
-attention and MLP layers. Per module: ΔW = W_tuned - W_base in fp32; modules whose largest |ΔW| is at most
+attention and MLP layers; SD3 / FLUX: every Linear of the transformer blocks (attention, feed-forward,
+modulation), per diffusers module (the file fuses q/k/v and FLUX's linear1 exactly, so a fused module holds the
+sum of its blocks' ranks). Per module: ΔW = W_tuned - W_base in fp32; modules whose largest |ΔW| is at most
 `min_diff` are skipped and counted; the rest are cut to `rank` (3x3 convs: `conv_rank`) by a randomized SVD
 (`torch.svd_lowrank`, oversampled by 10, 4 power iterations; exact for deltas of rank <= rank + 10; a full
 SVD where the matrix is small) with alpha = rank. `clamp_quantile` clips the factors like kohya's option.
@@ -34,6 +36,8 @@ from sd_lora.tools.svd import randomized_svd, to_lora_params
 __all__ = ["TEXT_ENCODER_MODES", "ExtractReport", "target_modules", "extract_weights", "extract_adapter"]
 
 TEXT_ENCODER_MODES = ("auto", "on", "off")
+_DENOISERS = ("unet", "transformer")
+_TRANSFORMER_TARGETS = (r"(single_)?transformer_blocks\.\d+\..+",)
 _NITER = 4
 
 
@@ -54,7 +58,9 @@ class ExtractReport:
 
 def target_modules(model: torch.nn.Module, component: str, conv: bool) -> list[tuple[str, torch.nn.Module]]:
     """(path, layer) of the Linear / Conv2d layers extraction covers, in model order."""
-    if component != "unet":
+    if component == "transformer":  # SD3 / FLUX: every Linear of the blocks, as kohya's flux_extract_lora.py
+        patterns = _TRANSFORMER_TARGETS
+    elif component != "unet":
         patterns = TEXT_ENCODER_TARGETS
     else:
         patterns = UNET_ATTENTION_TARGETS + (UNET_CONV_TARGETS if conv else ())
@@ -85,7 +91,7 @@ def extract_weights(base, tuned, *, rank: int, conv_rank: int | None = None, tex
         raise SdLoraError(f"--clamp-quantile {clamp_quantile} must be in (0, 1].")
     if min_diff < 0:
         raise SdLoraError("--min-diff must be >= 0.")
-    components = [c for c in base.components if c == "unet" or text_encoder != "off"]
+    components = [c for c in base.components if c in _DENOISERS or text_encoder != "off"]
     jobs = [(c, p) for c in components for p in _pairs(base, tuned, c, conv_rank is not None)]
     weights, extracted, skipped, largest = {}, {c: 0 for c in components}, {c: 0 for c in components}, {}
     for i, (component, (path, w_base, w_tuned)) in enumerate(jobs):
@@ -93,7 +99,7 @@ def extract_weights(base, tuned, *, rank: int, conv_rank: int | None = None, tex
             diff = w_tuned.detach().to(torch.float32).flatten(1) - w_base.detach().to(torch.float32).flatten(1)
             biggest = float(diff.abs().max()) if diff.numel() else 0.0
             largest[component] = max(largest.get(component, 0.0), biggest)
-            forced = component != "unet" and text_encoder == "on"
+            forced = component not in _DENOISERS and text_encoder == "on"
             if biggest == 0.0 or (biggest <= min_diff and not forced):
                 skipped[component] += 1
             else:
@@ -101,14 +107,14 @@ def extract_weights(base, tuned, *, rank: int, conv_rank: int | None = None, tex
                 k = conv_rank if kernel_of(shape) > 1 and conv_rank is not None else rank
                 k = min(k, *diff.shape)
                 u, s, vh = randomized_svd(diff, k, niter=_NITER)
-                key = path if component == "unet" else canonical_text_encoder_path(path)
+                key = path if component in _DENOISERS else canonical_text_encoder_path(path)
                 params = to_lora_params(u, s, vh, k, shape, clamp_quantile=clamp_quantile)
                 weights.setdefault(component, {})[key] = {n: t.to(dtype) for n, t in params.items()}
                 extracted[component] += 1
             del diff
         if progress:
             progress(i + 1, len(jobs), f"{component}.{path}")
-    extracted = {c: n for c, n in extracted.items() if n or c == "unet"}
+    extracted = {c: n for c, n in extracted.items() if n or c in _DENOISERS}
     return weights, extracted, skipped, largest
 
 
@@ -149,9 +155,10 @@ def extract_adapter(base, tuned, output, *, rank: int, conv_rank: int | None = N
 
     inherited = {k: v for k, v in community_metadata({"family": base_c.family, **info}).items()
                  if k.startswith("ss_sd_model")}
-    written = write_adapter(output, weights, base_c.family, dict(base_c.components["unet"].config),
+    denoiser = base_c.components.get("unet") or base_c.components["transformer"]
+    written = write_adapter(output, weights, base_c.family, dict(denoiser.config),
                             save_precision=save_precision, info=info, tool=tool, inherited=inherited,
                             comment=f"extracted from {name(tuned)} - {name(base)} at rank {rank}",
                             components=base_c.components)
-    te = any(c != "unet" for c in weights)
+    te = any(c not in _DENOISERS for c in weights)
     return ExtractReport(extracted, skipped, te, time.monotonic() - start, written, largest)

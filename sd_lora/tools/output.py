@@ -19,6 +19,7 @@ import torch
 
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_path
+from sd_lora.formats import transformer_files
 from sd_lora.formats.community import AdapterWeights, adapter_type, from_community, to_community
 from sd_lora.formats.export import weights_facts
 from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, minimum_metadata, unet_layout
@@ -75,6 +76,8 @@ def _cast(weights: AdapterWeights, dtype: torch.dtype) -> AdapterWeights:
 def _metadata(weights: AdapterWeights, family: str, unet_config, inherited: dict, info: dict,
               tool: dict, comment: str | None, overrides: dict | None = None) -> dict[str, str]:
     facts = weights_facts(weights)
+    if transformer_files.is_transformer_family(family):
+        info = {"model_variant": transformer_files.variant(family, unet_config), **info}
     derived = minimum_metadata({"family": family, **facts, **info})
     meta = {k: v for k, v in (inherited or {}).items() if k not in _DROP and not k.startswith("sd_lora.")}
     try:
@@ -91,6 +94,8 @@ def _metadata(weights: AdapterWeights, family: str, unet_config, inherited: dict
     meta.update(overrides or {})
     if family == "sdxl":
         meta[LAYOUT_KEY] = json.dumps(unet_layout(unet_config), sort_keys=True)
+    elif transformer_files.is_transformer_family(family):
+        meta[LAYOUT_KEY] = json.dumps(transformer_files.layout(unet_config), sort_keys=True)
     return meta
 
 
