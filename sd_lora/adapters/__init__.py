@@ -29,10 +29,10 @@ def method_options(method: str) -> tuple[str, ...]:
 
 
 def adapter_spec(network, model: torch.nn.Module, component: str, *, presets: dict[str, list[str]] | None = None,
-                 block_index=None) -> AdapterSpec:
+                 block_index=None, exclude: set[str] = frozenset()) -> AdapterSpec:
     """Resolve `network` (the [network] config section) against one model: a text encoder (`component` starting
-    with 'text_encoder') or the denoiser ('unet', 'transformer'; `presets` and `block_index` come from its family,
-    default the UNet's)."""
+    with 'text_encoder') or the denoiser ('unet', 'transformer'; `presets`, `block_index` and the preset matches to
+    leave out, `exclude`, come from its family; default the UNet's)."""
     denoiser = not component.startswith("text_encoder")
     if denoiser:
         if presets is None or block_index is None:
@@ -43,6 +43,9 @@ def adapter_spec(network, model: torch.nn.Module, component: str, *, presets: di
             block_index = block_index or (lambda path: unet.block_index(path, model.config))
         targets = resolve_targets(model, component, preset=network.preset, suffixes=network.unet_targets,
                                   regex=network.unet_target_regex, presets=presets)
+        if exclude and not (network.unet_targets or network.unet_target_regex):
+            targets = type(targets)([n for n in targets.names if n not in exclude],
+                                    [n for n in targets.conv3x3 if n not in exclude])
     else:
         targets = resolve_targets(model, "text_encoder", preset=network.preset, suffixes=network.text_encoder_targets)
     conv_rank = network.conv_rank or network.rank

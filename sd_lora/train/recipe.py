@@ -191,7 +191,7 @@ class LoRARecipe:
                 config = init.peft_config(name, model, n.dropout)
             elif name == family.denoiser:
                 config = build_peft_config(n.type, adapter_spec(
-                    n, model, name, presets=family.target_presets(),
+                    n, model, name, presets=family.target_presets(), exclude=family.dead_targets(model.config),
                     block_index=lambda path: family.block_index(path, self.denoiser.config)))
             else:
                 config = build_peft_config(n.type, adapter_spec(n, model, "text_encoder"))

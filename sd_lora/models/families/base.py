@@ -102,6 +102,10 @@ class Family:
         """network.preset -> denoiser module-name suffixes."""
         raise NotImplementedError
 
+    def dead_targets(self, denoiser_config) -> set[str]:
+        """Denoiser modules a preset would match that cannot change the output (they would get no gradient)."""
+        return set()
+
     def block_index(self, module_name: str, denoiser_config) -> int | None:
         """The block-wise index (network.block_dims / block_lr_weights) of a denoiser module, None outside blocks."""
         return None

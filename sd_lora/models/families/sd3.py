@@ -98,6 +98,10 @@ class SD3(Family):
     def target_presets(self) -> dict[str, list[str]]:
         return SD3_PRESETS
 
+    def dead_targets(self, denoiser_config) -> set[str]:
+        # the last joint block only feeds the image stream: its context queries reach nothing
+        return {f"transformer_blocks.{self.num_blocks(denoiser_config) - 1}.attn.add_q_proj"}
+
     def block_index(self, module_name, denoiser_config) -> int | None:
         m = _BLOCK.search(module_name + ".")
         return int(m[1]) if m else None
