@@ -102,10 +102,10 @@ def validation_loss(dataloader, compute_loss, vae_config, objective) -> float | 
         return None
     total, count = 0.0, 0
     for batch in dataloader:
-        steps = objective.num_train_timesteps
-        noise, timesteps = validation_noise(batch["noise_seed"], latent_shape(vae_config, batch), steps)
-        if hasattr(objective, "validation_timesteps"):  # flow: the fixed draw as a sigma
-            timesteps = objective.validation_timesteps(timesteps, steps)
+        steps, shape = objective.num_train_timesteps, latent_shape(vae_config, batch)
+        noise, timesteps = validation_noise(batch["noise_seed"], shape, steps)
+        if hasattr(objective, "validation_timesteps"):  # flow: the fixed draw as a shifted sigma
+            timesteps = objective.validation_timesteps(timesteps, steps, shape)
         n = len(batch["captions"])
         total += compute_loss(batch, noise, timesteps).item() * n
         count += n

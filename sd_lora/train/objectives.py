@@ -11,11 +11,9 @@ caller's generator, so a resumed run draws exactly what an uninterrupted one wou
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from sd_lora.train import loss as L
+from sd_lora.train import flow as F, loss as L
 from sd_lora.train.noise import draw_training_noise
 
 __all__ = ["DDPMObjective", "FlowObjective", "build_objective"]
@@ -46,68 +44,42 @@ class DDPMObjective:
 
 
 class FlowObjective:
-    """Rectified flow. Timesteps are sigma·1000 as diffusers' flow-matching transformers take them; sigma is the
-    sampled u in (0, 1) pushed through the schedule's shift s: sigma = s·u / (1 + (s - 1)·u)."""
+    """Rectified flow through sd_lora.train.flow: sigmas drawn by train.timestep_sampling and shifted by the model
+    scheduler's shift (fixed for SD3; by the latent size for a scheduler with dynamic shifting, FLUX) or
+    train.flow_shift; timesteps passed to the model are sigma·1000."""
 
     num_train_timesteps = 1000
 
     def __init__(self, scheduler_config: dict, t):
-        self.t = t
-        given = getattr(t, "flow_shift", None)
-        self.shift = float(given if given is not None else scheduler_config.get("shift", 1.0))
-        sampling = getattr(t, "timestep_sampling", "auto")
-        self.sampling = "logit_normal" if sampling in (None, "auto") else sampling
-        self.weighting = getattr(t, "loss_weighting", "none") or "none"
+        self.t, self.scheduler_config = t, dict(scheduler_config)
+        self.weighting = F.loss_weighting_for(t.timestep_sampling, t.loss_weighting)
 
-    def _u(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        t, kind = self.t, self.sampling
-        if kind == "logit_normal":
-            return torch.sigmoid(torch.randn(n, generator=generator) * getattr(t, "logit_std", 1.0)
-                                 + getattr(t, "logit_mean", 0.0))
-        u = torch.rand(n, generator=generator)
-        if kind == "mode":
-            return 1 - u - getattr(t, "mode_scale", 1.29) * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
-        if kind == "cosmap":
-            return 1 - 1 / (torch.tan(math.pi / 2 * u) + 1)
-        return u  # uniform, sigma_sqrt (a weighting; its timesteps are uniform)
-
-    def sigmas(self, u: torch.Tensor) -> torch.Tensor:
-        s = self.shift
-        return s * u / (1 + (s - 1) * u)
+    def shift(self, latent_shape) -> float:
+        h, w = latent_shape[-2:]
+        return F.scheduler_shift(self.scheduler_config, F.flux_image_seq_len(h, w), self.t.flow_shift)
 
     def draw(self, shape, generator: torch.Generator):
-        noise = torch.randn(shape, generator=generator)
-        sigmas = self.sigmas(self._u(shape[0], generator).clamp(1e-5, 1 - 1e-5))
-        return noise, noise, sigmas * self.num_train_timesteps
-
-    def _sigma(self, timesteps, like):
-        return (timesteps.to(like.device, torch.float32) / self.num_train_timesteps).view(-1, *[1] * (like.ndim - 1))
+        t = self.t
+        sigmas = F.sample_sigmas(shape[0], generator, t.timestep_sampling, logit_mean=t.logit_mean,
+                                 logit_std=t.logit_std, mode_scale=t.mode_scale, shift=self.shift(shape))
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        return noise, noise, F.model_timesteps(sigmas)
 
     def noisy(self, latents, input_noise, timesteps):
-        s = self._sigma(timesteps, latents)
-        return ((1 - s) * latents.float() + s * input_noise.float()).to(latents.dtype)
+        return F.noisy_input(latents, input_noise, timesteps / self.num_train_timesteps)
 
     def target(self, latents, noise, timesteps):
-        return noise - latents
-
-    def weights(self, timesteps) -> torch.Tensor | None:
-        sigma = timesteps.float() / self.num_train_timesteps
-        if self.weighting == "sigma_sqrt":
-            return sigma ** -2.0
-        if self.weighting == "cosmap":
-            return 2 / (math.pi * (1 - 2 * sigma + 2 * sigma ** 2))
-        return None
+        return F.flow_target(latents, noise)
 
     def loss(self, pred, target, timesteps, mask=None, loss_weight=None):
-        per_sample = L.per_sample_loss(pred.float(), target.float(), self.t.loss_type, self.t.huber_c, mask)
-        w = self.weights(timesteps)
-        if w is not None:
-            per_sample = per_sample * w.to(per_sample.device)
-        return L.weighted_mean(per_sample, loss_weight)
+        per_sample = L.per_sample_loss(pred, target, self.t.loss_type, self.t.huber_c, mask)
+        weights = F.loss_weights(timesteps.float() / self.num_train_timesteps, self.weighting)
+        return L.weighted_mean(per_sample * weights.to(per_sample.device), loss_weight)
 
-    def validation_timesteps(self, raw: torch.Tensor, ddpm_steps: int) -> torch.Tensor:
-        """A validation image's fixed DDPM-style draw in [0, ddpm_steps) as a flow timestep."""
-        return self.sigmas((raw.float() + 0.5) / ddpm_steps) * self.num_train_timesteps
+    def validation_timesteps(self, raw: torch.Tensor, steps: int, latent_shape) -> torch.Tensor:
+        """A validation image's fixed draw in [0, steps) as a shifted flow timestep."""
+        sigmas = ((raw.float() + 1) / steps).clamp(F.MIN_SIGMA, 1.0)
+        return F.model_timesteps(F.shift_sigmas(sigmas, self.shift(latent_shape)))
 
 
 def build_objective(kind: str, scheduler_config: dict, prediction_type: str, t):
