@@ -119,7 +119,8 @@ class DataConfig:
     cache_memory_gb: float | None = _f(
         None, "Most memory (GiB) the in-memory caches may take; past it latents, then text outputs, go to the disk "
               "cache and stream from it. Default: half of the memory available at start.")
-    t5_max_length: int | None = _f(None, "SD3: T5 tokens per caption (default 256, as diffusers and kohya; up to 512).")
+    t5_max_length: int | None = _f(None, "SD3 and FLUX.1: T5 tokens per caption (default 256 for SD3, 512 for FLUX.1, "
+                                              "as diffusers; up to 512).")
     max_token_length: int | None = _f(None, "Caption tokens per image: 75, 150 or 225. Longer captions are split into "
                                             "75-token windows, each encoded with BOS/EOS, and concatenated (as "
                                             "AUTOMATIC1111 and kohya do); default: one window (cut at 75).")

@@ -20,7 +20,7 @@ __all__ = ["ModelConfig", "NetworkConfig", "TrainConfig", "SampleConfig", "Outpu
 @dataclass
 class ModelConfig:
     pretrained: str = _f("builtin:tiny", "Base model: 'builtin:tiny', a local diffusers directory, a single-file checkpoint (.safetensors/.ckpt), or a hub id (org/name; cached copies load offline).", path="model")
-    family: Literal["sd1", "sd2", "sdxl", "sd3"] | None = _f(
+    family: Literal["sd1", "sd2", "sdxl", "sd3", "flux"] | None = _f(
         None, "The model family, for a single-file checkpoint whose keys are ambiguous; a diffusers folder says its own "
         "family (a contradicting value is an error).")
     prediction_type: Literal["epsilon", "v_prediction"] | None = _f(

@@ -1,4 +1,4 @@
-"""The model-family layer: one module per family (sd1, sd2, sdxl, sd3), each a `Family` subclass.
+"""The model-family layer: one module per family (sd1, sd2, sdxl, sd3, flux), each a `Family` subclass.
 
 Everything outside this folder asks a family object what differs (components, conditioning, the denoiser call,
 the training objective, targets, blocks, refused settings) and never compares family names.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sd_lora.errors import SdLoraError
 from sd_lora.models.families.base import Family, ModelParts
+from sd_lora.models.families.flux import Flux
 from sd_lora.models.families.sd1 import SD1
 from sd_lora.models.families.sd2 import SD2
 from sd_lora.models.families.sd3 import SD3
@@ -22,7 +23,7 @@ __all__ = ["Family", "ModelParts", "FAMILIES", "FAMILY_NAMES", "DENOISER_FOLDERS
            "family_of_pipeline", "settings_problems"]
 
 # most specific first: detection takes the first family that recognises a model
-_ORDER: tuple[type[Family], ...] = (SD3, SDXL, SD2, SD1)
+_ORDER: tuple[type[Family], ...] = (Flux, SD3, SDXL, SD2, SD1)
 FAMILIES: dict[str, Family] = {cls.name: cls() for cls in _ORDER}
 FAMILY_NAMES = {name: f.title for name, f in FAMILIES.items()}
 DENOISER_FOLDERS = tuple(dict.fromkeys(f.denoiser for f in FAMILIES.values()))
@@ -45,15 +46,18 @@ def detect_family(model_index: dict, denoiser_config: dict) -> str:
 
 def settings_problems(family: Family, cfg) -> list[str]:
     """What in `cfg` the model's family cannot use: another family's own settings, then the family's own checks."""
-    problems = []
-    for other in FAMILIES.values():
-        if other is family:
-            continue
+    own = {(section, key) for section, key, _ in family.own_settings}
+    readers: dict[tuple[str, str, object], list[str]] = {}  # a setting -> the other families that read it
+    for other in reversed(FAMILIES.values()):  # oldest family first: a shared setting names them in that order
         for section, key, default in other.own_settings:
-            value = getattr(getattr(cfg, section), key)
-            if value != default:
-                problems.append(f"{section}.{key} = {value!r} is only read for {other.title} models, and this is a "
-                                f"{family.title} model ({family.name}); leave it out")
+            if other is not family and (section, key) not in own:
+                readers.setdefault((section, key, default), []).append(other.title)
+    problems = []
+    for (section, key, default), titles in readers.items():
+        value = getattr(getattr(cfg, section), key)
+        if value != default:
+            problems.append(f"{section}.{key} = {value!r} is only read for {' models and '.join(titles)} models, and "
+                            f"this is a {family.title} model ({family.name}); leave it out")
     return problems + family.check_training(cfg)
 
 

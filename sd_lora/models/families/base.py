@@ -51,6 +51,11 @@ class Family:
         sample = sample if isinstance(sample, int) else sample[0]
         return int(sample) * 2 ** (len(vae_config["block_out_channels"]) - 1)
 
+    def describe(self, pipe) -> list[str]:
+        """Lines said once when a model of this family is loaded for training or generation (its variant, a
+        licence note)."""
+        return []
+
     # ---- components
     def parts(self, pipe) -> ModelParts:
         names = [n for n in self.text_encoders if getattr(pipe, n, None) is not None]
@@ -67,8 +72,14 @@ class Family:
                        windows: int = 1, **options):
         raise NotImplementedError
 
-    def predict(self, denoiser, noisy: torch.Tensor, timesteps: torch.Tensor, embeds, batch: dict) -> torch.Tensor:
+    def predict(self, denoiser, noisy: torch.Tensor, timesteps: torch.Tensor, embeds, batch: dict,
+                **options) -> torch.Tensor:
+        """One denoiser call; `options` are `predict_options(cfg.train)`."""
         raise NotImplementedError
+
+    def predict_options(self, train) -> dict:
+        """Keyword arguments of `predict` from the [train] config section (e.g. FLUX dev's guidance value)."""
+        return {}
 
     def pipeline_embeds(self, pos, neg, dtype) -> dict:
         """Keyword arguments that give the diffusers pipeline pre-computed conditioning."""
@@ -103,7 +114,8 @@ class Family:
         raise NotImplementedError
 
     def dead_targets(self, denoiser_config) -> set[str]:
-        """Denoiser modules a preset would match that cannot change the output (they would get no gradient)."""
+        """Denoiser modules a preset would match that it must leave out: ones that cannot change the output (they
+        would get no gradient), or a module outside the blocks that shares a preset's suffix."""
         return set()
 
     def block_index(self, module_name: str, denoiser_config) -> int | None:
@@ -115,3 +127,7 @@ class Family:
 
     def block_names(self, denoiser_config) -> list[str]:
         return [str(i) for i in range(self.num_blocks(denoiser_config))]
+
+    def blocks(self, denoiser) -> list[torch.nn.Module]:
+        """The denoiser's blocks in execution order (what train.blocks_to_swap counts from the end)."""
+        raise NotImplementedError

@@ -14,6 +14,7 @@ import torch
 
 from sd_lora.models.encode import PromptEmbeds, encode_clip
 from sd_lora.models.families.base import Family
+from sd_lora.models.families.flow_settings import flow_problems
 
 __all__ = ["SD3", "SD3_PRESETS", "T5_DEFAULT_LENGTH"]
 
@@ -25,15 +26,6 @@ _MLP = ["ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"
 _ADALN = ["norm1.linear", "norm1_context.linear"]
 SD3_PRESETS = {"attn": _ATTN, "attn-mlp": _ATTN + _MLP, "full": _ATTN + _MLP + _ADALN}
 _BLOCK = re.compile(r"(?:^|\.)transformer_blocks\.(\d+)\.")
-_REFUSED = (  # (key, is it set?, why) - noise-prediction settings that have no meaning for rectified flow
-    ("train.min_snr_gamma", lambda t: bool(t.min_snr_gamma), "Min-SNR weighting is defined on a DDPM noise schedule"),
-    ("train.zero_terminal_snr", lambda t: t.zero_terminal_snr, "a flow schedule already ends at pure noise"),
-    ("train.noise_offset", lambda t: bool(t.noise_offset), "offset noise is an epsilon/v-prediction remedy"),
-    ("train.debiased_estimation_loss", lambda t: t.debiased_estimation_loss, "it weighs by a DDPM SNR"),
-    ("train.huber_schedule", lambda t: t.huber_schedule == "snr", "the 'snr' schedule needs a DDPM SNR"),
-    ("train.min_timestep", lambda t: t.min_timestep != 0 or t.max_timestep != 1000,
-     "timestep bounds count DDPM steps; flow timesteps are drawn by train.timestep_sampling"),
-)
 
 
 class SD3(Family):
@@ -87,13 +79,7 @@ class SD3(Family):
                 "negative_pooled_prompt_embeds": None if neg is None else neg.pooled.to(dtype)}
 
     def check_training(self, cfg) -> list[str]:
-        t = cfg.train
-        problems = [f"{key}: not for {self.title} (rectified flow): {why}; leave it out"
-                    for key, is_set, why in _REFUSED if is_set(t)]
-        if cfg.model.prediction_type:
-            problems.append(f"model.prediction_type: {self.title} predicts a flow velocity, not "
-                            f"{cfg.model.prediction_type!r}; leave model.prediction_type out")
-        return problems
+        return flow_problems(self.title, cfg)
 
     def target_presets(self) -> dict[str, list[str]]:
         return SD3_PRESETS
@@ -108,6 +94,9 @@ class SD3(Family):
 
     def num_blocks(self, denoiser_config) -> int:
         return int(denoiser_config["num_layers"] if isinstance(denoiser_config, dict) else denoiser_config.num_layers)
+
+    def blocks(self, denoiser) -> list[torch.nn.Module]:
+        return list(denoiser.transformer_blocks)
 
 
 def _t5_hidden(encoder, tokenizer, captions: list[str], max_length: int) -> torch.Tensor:

@@ -51,3 +51,6 @@ class UNetFamily(Family):
 
     def block_names(self, denoiser_config) -> list[str]:
         return list(BLOCK_NAMES)
+
+    def blocks(self, denoiser) -> list[torch.nn.Module]:
+        return [*denoiser.down_blocks, denoiser.mid_block, *denoiser.up_blocks]

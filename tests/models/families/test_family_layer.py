@@ -28,7 +28,7 @@ def test_sd3_pipeline_is_recognised_and_its_parts_skip_a_missing_t5(tiny_sd3_pip
 def test_unknown_family_is_a_clear_error():
     from sd_lora.errors import SdLoraError
 
-    with pytest.raises(SdLoraError, match="unknown model family 'sd4'; expected one of: sd3, sdxl, sd2, sd1"):
+    with pytest.raises(SdLoraError, match="unknown model family 'sd4'; expected one of: flux, sd3, sdxl, sd2, sd1"):
         get_family("sd4")
 
 
