@@ -28,9 +28,13 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
 
 def load_generation_pipeline(pretrained: str, *, device: str = "auto", dtype: str = "auto",
                              family: str | None = None, prediction_type: str | None = None):
-    """(pipeline on the device, BaseModelInfo). Adapters are added afterwards with an AdapterSet."""
+    """(pipeline on the device, BaseModelInfo). Adapters are added afterwards with an AdapterSet. What the family
+    says about the model (its variant, a licence note) is printed once, here."""
+    from sd_lora.models.families import get_family
     from sd_lora.models.load import load_pipeline
 
     torch_device, torch_dtype = resolve_device(device, dtype)
     pipe, info = load_pipeline(pretrained, family=family, prediction_type=prediction_type, torch_dtype=torch_dtype)
+    for line in get_family(info.family).describe(pipe):
+        print(line)
     return pipe.to(torch_device), info

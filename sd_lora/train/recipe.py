@@ -1,8 +1,9 @@
 """The LoRA training recipe, top to bottom.
 
     setup():  check environment -> accelerator -> output dir (writable, locked) -> scan data and print the plan
-              (before any model loads) -> models -> class images -> adapters -> data loader -> optimiser + LR
-              schedule -> trackers -> resume (only a complete state of this same run)
+              (before any model loads) -> models -> class images -> adapters -> weight storage and block
+              swapping -> data loader -> optimiser + LR schedule -> trackers -> resume (only a complete state
+              of this same run)
     train():  epoch -> batch -> accumulation step -> (log, sample, save) -> stop on signal / NaN
     save():   the adapter in the community (or diffusers) format, checked by reading it back
 
@@ -31,9 +32,11 @@ from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_text, write_errors
 from sd_lora.models.encode import PromptEmbeds, encode_latents
 from sd_lora.models.families import get_family, settings_problems
+from sd_lora.models.fp8 import apply_weight_storage, storage_dtype
 from sd_lora.models.load import describe_source, load_pipeline
 from sd_lora.adapters.dropout import install_lora_dropout
 from sd_lora.train import checkpoint, memory, preflight, speed, trackers
+from sd_lora.train.block_swap import BlockSwapper
 from sd_lora.train.caches import setup_caches, text_cache_settings, validation_loss
 from sd_lora.train.objectives import build_objective
 from sd_lora.train.ema import AdapterEMA, rounded_to
@@ -88,6 +91,7 @@ class LoRARecipe:
         self._setup_class_images()  # with the base model, before adapters exist
         self.fingerprint = checkpoint.run_fingerprint(self.cfg, self.scan)  # what a resumed state must match
         self._setup_adapters()
+        self._setup_memory()
         self._setup_dataloader()
         self._setup_optimizer()
         self._setup_rank_budget()
@@ -149,6 +153,8 @@ class LoRARecipe:
             raise SdLoraError(f"{self.family.title} cannot train with these settings:\n  " + "\n  ".join(problems))
         self.accelerator.print(f"model: family {self.family.name}, {self.prediction_type} prediction"
                                f"{' (overridden in the config)' if m.family or m.prediction_type else ''}")
+        for line in self.family.describe(pipe):
+            self.accelerator.print(line)
         self.objective = build_objective(self.family.objective, pipe.scheduler.config, self.prediction_type, t)
         if t.zero_terminal_snr and self.prediction_type == "epsilon":
             print("warning: train.zero_terminal_snr on an epsilon-prediction model: it cannot learn the last step")
@@ -157,13 +163,18 @@ class LoRARecipe:
             parts.denoiser, parts.vae, parts.text_encoders, parts.tokenizers
         self.text_encoder_names = parts.text_encoder_names
         self.encode_options = self.family.encode_options(self.denoiser, self.cfg.data)
+        self.predict_options = self.family.predict_options(t)
         self.pipeline = pipe  # shares these modules; used for sample images
         weight_dtype, device = _DTYPES[t.mixed_precision], self.accelerator.device
+        # a denoiser with narrower weight storage or swapped blocks reaches the device after its adapters exist
+        # (_setup_memory): the full-width model never has to fit there
+        self.placed_late = m.weight_dtype != "auto" or t.blocks_to_swap > 0
         for model in (self.denoiser, self.vae, *self.text_encoders):
             model.requires_grad_(False)
             if not getattr(model, "is_quantized", False):
-                model.to(device, dtype=weight_dtype)
+                model.to("cpu" if model is self.denoiser and self.placed_late else device, dtype=weight_dtype)
         self.vae.to(dtype=torch.float32)  # the SD VAE overflows in fp16; it runs once per image
+        self.compute_dtype = self.denoiser.dtype  # what the denoiser computes in, whatever its weights are stored in
         if device.type == "cpu":
             from sd_lora.train.threads import apply_cpu_threads
 
@@ -208,6 +219,25 @@ class LoRARecipe:
             preflight.check_free_space(self.out_dir, sum(p.numel() for m in models for p in trainable_parameters(m)),
                                        kept + int(o.save_state_at_end))
 
+    def _setup_memory(self) -> None:
+        """model.weight_dtype: the frozen denoiser weights stored narrower (after the adapters are injected, so
+        DoRA's base layers keep their dtype); train.blocks_to_swap: the last blocks' frozen weights in CPU memory;
+        then the denoiser goes to the device."""
+        m, t, device = self.cfg.model, self.cfg.train, self.accelerator.device
+        self.block_swapper = None
+        if not self.placed_late:
+            return
+        compute = _DTYPES[t.mixed_precision]
+        if m.weight_dtype != "auto" and storage_dtype(m.weight_dtype) != compute:
+            self.accelerator.print(f"memory: {apply_weight_storage(self.denoiser, m.weight_dtype, compute)}")
+        if t.blocks_to_swap:
+            self.block_swapper = BlockSwapper(self.family.blocks(self.denoiser), device, t.blocks_to_swap)
+            self.block_swapper.move_model(self.denoiser)
+            self.accelerator.print(f"memory: {t.blocks_to_swap} of {len(self.block_swapper.blocks)} denoiser blocks "
+                                   "kept in CPU memory, each moved to the device for its forward and backward")
+        else:
+            self.denoiser.to(device)
+
     def _read_init_weights(self):
         from sd_lora.train.init_weights import read_init_weights
 
@@ -245,7 +275,7 @@ class LoRARecipe:
                           "data.cache_text_encoder_outputs_to_disk = false). Nothing was trained"):
             self.caches = setup_caches(
                 dataset, data=d, train=t, train_text_encoder=self.cfg.network.train_text_encoder,
-                num_processes=acc.num_processes, device=acc.device, vae=self.vae, latent_dtype=self.denoiser.dtype,
+                num_processes=acc.num_processes, device=acc.device, vae=self.vae, latent_dtype=self.compute_dtype,
                 model_id=self.model_info.location, encode_text=lambda caps: self.encode_text(caps, self.text_encoders),
                 text_settings=text_cache_settings(self.model_info.location, self.family.name, self.text_encoders, t, d,
                                                   self.encode_options),
@@ -273,7 +303,9 @@ class LoRARecipe:
         self.ema = AdapterEMA([p for g in groups for p in g["params"]], t.ema_decay) if t.ema_decay else None
         if self.ema:  # saved with every resumable state
             self.accelerator.register_for_checkpointing(self.ema)
-        prepared = self.accelerator.prepare(*self.trained, self.optimizer)
+        # a swapped denoiser is placed by its BlockSwapper (a model.to(device) would bring every block back)
+        placement = [not (self.block_swapper and model is self.denoiser) for model in self.trained] + [True]
+        prepared = self.accelerator.prepare(*self.trained, self.optimizer, device_placement=placement)
         self.trained, self.optimizer = list(prepared[:-1]), prepared[-1]
         # Built on the prepared optimiser (torch warns when step() is wrapped after the schedule exists) and
         # stepped by us once per optimiser step (accelerate would step it once per process).
@@ -402,7 +434,7 @@ class LoRARecipe:
         with torch.no_grad():
             latents = batch["latents"].to(device) if "latents" in batch else \
                 encode_latents(self.vae, batch["pixel_values"].to(device))
-        latents = latents.to(self.denoiser.dtype)
+        latents = latents.to(self.compute_dtype)
         if noise is None:
             noise, input_noise, timesteps = self._draw_noise(latents.shape)
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
@@ -414,7 +446,7 @@ class LoRARecipe:
             with torch.set_grad_enabled(self.cfg.network.train_text_encoder), self.accelerator.autocast():
                 embeds = self.encode_text(batch["captions"], self.text_encoders_forward).to(device)
         with self.accelerator.autocast():
-            pred = self.family.predict(self.denoiser_forward, noisy, timesteps, embeds, batch)
+            pred = self.family.predict(self.denoiser_forward, noisy, timesteps, embeds, batch, **self.predict_options)
         target = objective.target(latents, noise, timesteps)
         return objective.loss(pred, target, timesteps, batch.get("mask"), batch.get("loss_weight"))
 
@@ -515,7 +547,7 @@ class LoRARecipe:
         from sd_lora.train.samples import sample_records
 
         info = self.model_info
-        return sample_records(self.cfg, step, self._adapter_file(), family=self.family.name, dtype=self.denoiser.dtype,
+        return sample_records(self.cfg, step, self._adapter_file(), family=self.family.name, dtype=self.compute_dtype,
                               base_model=info.name, base_model_location=info.location)
 
     def sample(self) -> Path | None:
