@@ -34,3 +34,18 @@ def tiny_sd2_dir(tmp_path_factory):
 def tiny_sdxl_dir(tmp_path_factory):
     """A saved tiny SDXL-like diffusers directory (two text encoders, text_time embedding)."""
     return _tiny_dir(tmp_path_factory, "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory):
+    """A tiny FLUX.1 dev pipeline folder (guidance embedding; 2 double + 2 single blocks, CLIP-L, T5, 16-ch VAE)."""
+    from sd_lora.models.tiny_transformers import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny_flux") / "model", "dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_schnell_dir(tmp_path_factory):
+    from sd_lora.models.tiny_transformers import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny_flux_schnell") / "model", "schnell")
