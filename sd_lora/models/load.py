@@ -261,6 +261,9 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
     index = _read_json(Path(location) / "model_index.json", "model_index.json")
     if quantize:
         kwargs[_denoiser_folder(index)] = _quantized_denoiser(location, _denoiser_folder(index), quantize, torch_dtype)
+    # components the folder was saved without (e.g. SD3 without T5) load as None, as they were saved
+    kwargs.update({name: None for name, value in index.items()
+                   if not name.startswith("_") and isinstance(value, list) and value[0] is None})
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     kwargs.update(options(info.family) if options else {})
