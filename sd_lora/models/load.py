@@ -16,7 +16,7 @@ from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
 from sd_lora.models.families import DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
 
-__all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "inspect_model",
+__all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "known_family", "inspect_model",
            "load_pipeline", "BUILTIN_DIR"]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
@@ -124,6 +124,15 @@ def native_resolution(pretrained: str, revision: str | None = None) -> int | Non
     except (SdLoraError, OSError, ValueError, KeyError, TypeError, IndexError):
         return None
     return size if size >= 8 and size % 8 == 0 else None
+
+
+def known_family(pretrained: str, family: str | None = None, revision: str | None = None,
+                 allow_pickle: bool = False) -> str | None:
+    """The model's family when it can be read without loading weights (a local model, a cached hub id), else None."""
+    location, is_local = resolve_pretrained(pretrained)
+    if not is_local and not _cached_file(pretrained, "model_index.json", revision):
+        return family
+    return inspect_model(pretrained, family, None, allow_pickle, revision).family
 
 
 def _offline() -> bool:
