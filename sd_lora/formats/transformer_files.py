@@ -24,7 +24,7 @@ from sd_lora.formats.names import canonical_text_encoder_path, dotted
 
 __all__ = ["TRANSFORMER_FAMILIES", "keys_module", "is_transformer_family", "to_community", "from_community",
            "FOREIGN_PREFIXES", "LYCORIS_PREFIX", "full_size_config", "layout", "variant",
-           "module_name"]
+           "module_name", "expected_modules"]
 
 TRANSFORMER_FAMILIES = ("sd3", "flux")
 LYCORIS_PREFIX = "lycoris_"
@@ -95,6 +95,19 @@ def module_name(family: str, config, component: str, path: str) -> str:
             flat = km.DENOISER_PREFIX + name.replace(".", "_")
             return flat if group.sizes is None else f"{flat}:{path.rsplit('.', 1)[-1]}"
     return LYCORIS_PREFIX + path.replace(".", "_")
+
+
+def expected_modules(weights, family: str, config) -> dict[str, int]:
+    """Modules per component a saved file must give back: a fused module cannot show which of its blocks a LoRA
+    with an all-zero up (e.g. untrained, step 0) belongs to, and such a LoRA changes nothing, so it is not
+    counted."""
+    fused_parts = {p for g in keys_module(family).groups(config).values() if g.sizes for p in g.parts}
+    out = {}
+    for component, modules in weights.items():
+        fusing = component == "transformer" and _fusable(modules)
+        out[component] = sum(1 for path, p in modules.items() if not fusing or path not in fused_parts
+                             or bool((p["lora_B"] != 0).any()))
+    return out
 
 
 def _te_name(prefix: str, path: str) -> str:

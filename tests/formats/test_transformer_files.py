@@ -366,3 +366,17 @@ def test_a_fused_dora_module_splits_by_rows(tmp_path):
     with torch.no_grad():
         got = torch.cat([named[f"transformer_blocks.1.attn.add_{x_}_proj"](x) for x_ in "qkv"], dim=1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_an_untrained_adapter_saves_and_changes_nothing(tmp_path, family):
+    comps = th.models(family)
+    for model in comps.values():
+        from peft import LoraConfig, inject_adapter_in_model
+
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=th.ATTENTION + th.TE_TARGETS + th.T5_TARGETS), model)
+    report = save_adapter(tmp_path / "zero.safetensors", comps, family, unet_config=comps["transformer"].config)
+    assert report.complete  # peft starts every up at zero: nothing to apply for the fused transformer modules
+    fresh = th.models(family)
+    applied = apply_adapter_file(th.pipe_of(fresh), tmp_path / "zero.safetensors", "z")
+    assert applied.modules["text_encoder"] > 0
