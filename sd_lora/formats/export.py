@@ -100,8 +100,10 @@ def _coverage(tmp: Path, path: Path, components, family: str, unet_config, weigh
         plan = plan_modules(adapter, components, family, unet_config)
     except SdLoraError as e:
         raise SdLoraError(f"{path}: the saved file does not read back completely, so it was not written: {e}") from e
-    trained = (transformer_files.expected_modules(weights, family, unet_config) if transformer_files.is_transformer_family(family)
-               else {c: len(m) for c, m in weights.items()})
+    if transformer_files.is_transformer_family(family):
+        trained = transformer_files.expected_modules(weights, family, unet_config)
+    else:
+        trained = {c: len(m) for c, m in weights.items()}
     report = CoverageReport(path, fmt, adapter.adapter_type, trained, {c: len(plan.get(c, {})) for c in trained})
     if not report.complete:
         raise SdLoraError(f"{path}: {report.summary()} - modules would be lost, so the file was not written.")

@@ -370,11 +370,12 @@ def test_a_fused_dora_module_splits_by_rows(tmp_path):
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_an_untrained_adapter_saves_and_changes_nothing(tmp_path, family):
-    comps = th.models(family)
-    for model in comps.values():
-        from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig, inject_adapter_in_model
 
-        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=th.ATTENTION + th.TE_TARGETS + th.T5_TARGETS), model)
+    comps = th.models(family)
+    targets = th.ATTENTION + th.TE_TARGETS + th.T5_TARGETS
+    for model in comps.values():
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=targets), model)
     report = save_adapter(tmp_path / "zero.safetensors", comps, family, unet_config=comps["transformer"].config)
     assert report.complete  # peft starts every up at zero: nothing to apply for the fused transformer modules
     fresh = th.models(family)
