@@ -381,3 +381,16 @@ def test_an_untrained_adapter_saves_and_changes_nothing(tmp_path, family):
     fresh = th.models(family)
     applied = apply_adapter_file(th.pipe_of(fresh), tmp_path / "zero.safetensors", "z")
     assert applied.modules["text_encoder"] > 0
+
+
+def test_unet_files_in_the_shared_layouts_are_not_taken_for_transformers():
+    from sd_lora.formats.detect import guess_family
+
+    down = torch.zeros(4, 320)
+    assert guess_family({"lycoris_down_blocks_0_attentions_0_proj_in.lora_down.weight": down}, {})[0] is None
+    assert guess_family({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": down},
+                        {})[0] == "sdxl"
+    assert guess_family({"lycoris_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(4, 3072)},
+                        {})[0] == "flux"
+    assert guess_family({"lycoris_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(4, 2432)},
+                        {})[0] == "sd3"
