@@ -394,3 +394,13 @@ def test_unet_files_in_the_shared_layouts_are_not_taken_for_transformers():
                         {})[0] == "flux"
     assert guess_family({"lycoris_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(4, 2432)},
                         {})[0] == "sd3"
+
+
+def test_a_flux_file_on_an_sd3_pipeline_is_one_clear_error_and_changes_nothing(tmp_path):
+    trained = th.adapt({"transformer": th.transformer("flux")})
+    save_adapter(tmp_path / "flux.safetensors", trained, "flux", unet_config=trained["transformer"].config)
+    sd3 = {"transformer": th.transformer("sd3")}
+    with pytest.raises(SdLoraError, match=r"(?s)SD3 pipeline; the keys look like FLUX\.1.*lora_unet_double_blocks_"
+                                          r".*Nothing was changed"):
+        apply_adapter_file(th.pipe_of(sd3), tmp_path / "flux.safetensors", "f")
+    assert not hasattr(sd3["transformer"], "peft_config")
