@@ -94,3 +94,10 @@ def test_extract_recovers_low_rank_differences_of_two_transformers(tmp_path, fam
     assert sorted(got) == sorted(f"transformer.{p}" for p in changed)
     for path in changed:
         torch.testing.assert_close(got[f"transformer.{path}"], truth[path], rtol=0, atol=1e-4)
+
+
+def test_resize_reports_the_modules_it_wrote(tmp_path):
+    trained = th.adapt({"transformer": th.transformer("flux")}, "lora", ["to_q", "to_k", "to_v"])
+    save_adapter(tmp_path / "a.safetensors", trained, "flux", unet_config=trained["transformer"].config)
+    report = resize_adapter(tmp_path / "a.safetensors", tmp_path / "b.safetensors", rank=2)
+    assert report.written.modules == {"transformer": 2 * 3 + 2 * 3}  # q/k/v of 2 double and 2 single blocks
