@@ -404,3 +404,14 @@ def test_a_flux_file_on_an_sd3_pipeline_is_one_clear_error_and_changes_nothing(t
                                           r".*Nothing was changed"):
         apply_adapter_file(th.pipe_of(sd3), tmp_path / "flux.safetensors", "f")
     assert not hasattr(sd3["transformer"], "peft_config")
+
+
+def test_the_transformer_config_decides_the_architecture_over_given_metadata(tmp_path):
+    from sd_lora.formats import community_metadata
+
+    model = th.transformer("flux")  # guidance embedding: dev
+    trained = th.adapt({"transformer": model})
+    given = community_metadata({"family": "flux", "model_variant": "flux-schnell", "output_name": "x"})
+    save_adapter(tmp_path / "a.safetensors", trained, "flux", unet_config=model.config, metadata=given)
+    meta = load_adapter_file(tmp_path / "a.safetensors").metadata
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora" and meta["ss_output_name"] == "x"
