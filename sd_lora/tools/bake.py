@@ -293,6 +293,10 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
     from sd_lora.formats.detect import FAMILY_NAMES, pipeline_family
 
     found = pipeline_family(pipe)
+    if found in ("sd3", "flux"):
+        raise SdLoraError(f"baking into a {FAMILY_NAMES[found]} pipeline or diffusers folder is not supported yet; "
+                          "give the transformer as one original-layout .safetensors file (as ComfyUI loads it) and "
+                          "a .safetensors output. Nothing was written.")
     if family and family != found:
         raise SdLoraError(f"{model}: is an {FAMILY_NAMES[found]} model, not {FAMILY_NAMES[family]}; "
                           "nothing was written.")

@@ -140,3 +140,17 @@ def test_bake_into_an_original_layout_transformer_file(tmp_path, family, prefix)
         torch.testing.assert_close(baked[key], base + 0.7 * delta, rtol=0, atol=1e-5, msg=key)
         touched += 1
     assert touched == len({k.split(".")[0] for k in adapter})
+
+
+def test_bake_into_a_flux_pipeline_is_refused_clearly(tmp_path):
+    import types
+
+    from sd_lora.errors import SdLoraError
+    from sd_lora.tools import bake_adapters
+
+    trained = th.adapt({"transformer": th.transformer("flux")})
+    save_adapter(tmp_path / "a.safetensors", trained, "flux", unet_config=trained["transformer"].config)
+    pipe = types.SimpleNamespace(transformer=th.transformer("flux"))
+    with pytest.raises(SdLoraError, match="not supported yet.*original-layout"):
+        bake_adapters(pipe, [f"{tmp_path / 'a.safetensors'}:1"], tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
