@@ -19,16 +19,17 @@ from sd_lora.train.recipe import LoRARecipe, run_training
 from tests.train.conftest import tiny_config, write_dataset
 
 
-def _cfg(model, data, out, t5=True, **sections):
+def _cfg(model_dir, data_dir, out, t5=True, **sections):
     train = {"max_steps": 6, "learning_rate": 2e-3, **sections.pop("train", {})}
-    return tiny_config(model, data, out, model={"t5": t5}, train=train,
+    return tiny_config(model_dir, data_dir, out, model={"t5": t5}, train=train,
                        output={"save_precision": "fp32", **sections.pop("output", {})}, **sections)
 
 
 def test_step_zero_is_the_base_model_and_the_loss_falls(tiny_sd3_dir, tiny_dataset, tmp_path):
     from diffusers import SD3Transformer2DModel
 
-    recipe = LoRARecipe(_cfg(tiny_sd3_dir, tiny_dataset, tmp_path / "o", train={"max_steps": 40, "batch_size": 4}))
+    recipe = LoRARecipe(_cfg(tiny_sd3_dir, tiny_dataset, tmp_path / "o", train={"max_steps": 40, "batch_size": 4,
+                                                                                   "learning_rate": 1e-2}))
     recipe.setup()
     assert recipe.family.name == "sd3" and recipe.prediction_type == "flow"
     base = SD3Transformer2DModel.from_pretrained(str(tiny_sd3_dir), subfolder="transformer")
