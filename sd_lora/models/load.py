@@ -14,6 +14,7 @@ from sd_lora.config.sources import MODEL_FILE_SUFFIXES, looks_like_path
 from sd_lora.errors import SdLoraError
 from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
+from sd_lora.models.integrity import require_filled_folder
 
 __all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "detect_family", "inspect_model",
            "load_pipeline", "BUILTIN_DIR"]
@@ -255,4 +256,5 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
         raise SdLoraError(f"model.pretrained: could not load {pretrained!r} from {location}: {e}") from e
     if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
         raise SdLoraError(f"model.pretrained: {pretrained!r} is not a Stable Diffusion pipeline ({type(pipe).__name__})")
+    require_filled_folder(pipe.components, location)
     return pipe, BaseModelInfo(pretrained, location, info.family, info.prediction_type, is_local)
