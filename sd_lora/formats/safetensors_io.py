@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from sd_lora.errors import SdLoraError
-from sd_lora.fileio import atomic_write_bytes
+from sd_lora.fileio import atomic_write_bytes, printable
 
 __all__ = ["read_tensor_file", "diffusers_lora_file", "DIFFUSERS_LORA_FILES", "serialize", "write_safetensors",
-           "data_region", "metadata_json", "PICKLE_SUFFIXES"]
+           "data_region", "metadata_json", "PICKLE_SUFFIXES", "write_tensors"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
@@ -184,7 +184,9 @@ def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None)
     if unknown:
         raise SdLoraError(f"cannot write tensors of dtype {tensors[unknown[0]].dtype} ({unknown[:3]})")
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
-    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    # a value naming a file whose name is not UTF-8 (a dataset folder) is written with that byte as \xNN
+    header: dict = {"__metadata__": {printable(k): printable(v) for k, v in sorted(metadata.items())}} \
+        if metadata else {}
     chunks, offset = [], 0
     for key in order:
         t = tensors[key].detach().to("cpu").contiguous()
@@ -207,3 +209,8 @@ def data_region(blob: bytes) -> bytes:
 def write_safetensors(path: str | Path, blob: bytes) -> Path:
     """Write already-serialized bytes atomically (temp file + rename)."""
     return atomic_write_bytes(path, blob)
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Serialize `tensors` (+ string metadata) and write them atomically: the one way sd-lora writes a tensor file."""
+    return write_safetensors(path, serialize(tensors, metadata))
