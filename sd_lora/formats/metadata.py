@@ -144,7 +144,8 @@ def _is_v(info: dict) -> bool:
 
 
 def minimum_metadata(info: dict) -> dict[str, str]:
-    """The keys the reference trainer keeps even with metadata off, plus the required modelspec keys."""
+    """The keys the reference trainer keeps even with metadata off, plus the required modelspec keys (the
+    `ss_network_dim/alpha/module` ones only when `info` holds network_dim)."""
     family = info.get("family", "sd1")
     v = _is_v(info)
     adapter = info.get("adapter_type", "lora")
@@ -158,10 +159,14 @@ def minimum_metadata(info: dict) -> dict[str, str]:
     date = info.get("date") or _dt.datetime.now()
     if isinstance(date, _dt.datetime):
         date = date.replace(microsecond=0).isoformat()
+    # dim / alpha / module are written only from what is measured on the weights (formats.export.weights_facts):
+    # never a placeholder that a later step must overwrite
+    network = {"ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
+               "ss_network_dim": str(int(info["network_dim"])),
+               "ss_network_alpha": _float(info.get("network_alpha", info["network_dim"]))} \
+        if info.get("network_dim") is not None else {}
     return {
-        "ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
-        "ss_network_dim": str(int(info.get("network_dim", 4))),
-        "ss_network_alpha": _float(info.get("network_alpha", info.get("network_dim", 4))),
+        **network,
         "ss_network_args": _json({k: str(v) for k, v in args.items()}),
         "ss_base_model_version": base_model_version(family, v),
         "ss_v2": str(family == "sd2"),
@@ -178,7 +183,7 @@ def minimum_metadata(info: dict) -> dict[str, str]:
 def community_metadata(info: dict) -> dict[str, str]:
     """`ss_*`, `modelspec.*` and the inference recipe for a file; every value a string.
 
-    `info` keys: family, prediction_type ("epsilon"/"v_prediction") or v_prediction, adapter_type
+    `info` keys: family, encoder_layer (modelspec's; default clip_skip), prediction_type ("epsilon"/"v_prediction") or v_prediction, adapter_type
     (lora/locon/loha/lokr/dora), network_module, network_dim, network_alpha, network_args (dict), title,
     date, description, trigger_words, inference (dict: scheduler, steps, guidance, clip_skip, resolution,
     sample_prompts, trigger_words), `kohya_fields` ({metadata key: value} for kohya's remaining `ss_*` keys,
@@ -188,8 +193,9 @@ def community_metadata(info: dict) -> dict[str, str]:
     for key, (meta_key, fmt) in INFO_KEYS.items():
         if info.get(key) is not None:
             meta[meta_key] = fmt(info[key])
-    if info.get("clip_skip") is not None:
-        meta["modelspec.encoder_layer"] = str(info["clip_skip"])
+    layer = info["encoder_layer"] if "encoder_layer" in info else info.get("clip_skip")
+    if layer is not None:
+        meta["modelspec.encoder_layer"] = str(layer)
     if info.get("description"):
         meta["modelspec.description"] = str(info["description"])
     if info.get("trigger_words"):

@@ -36,7 +36,8 @@ from sd_lora.train import checkpoint, loss as L, memory, preflight, speed, track
 from sd_lora.train.caches import setup_caches, validation_loss
 from sd_lora.train.ema import AdapterEMA, rounded_to
 from sd_lora.train.noise import draw_training_noise
-from sd_lora.train.facts import training_facts
+from sd_lora.train.facts import RunFacts, training_facts
+from sd_lora.train.samples import sample_records
 from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
 from sd_lora.train.progress import Progress
 from sd_lora.train.signals import StopSignals
@@ -517,10 +518,18 @@ class LoRARecipe:
 
         o = self.cfg.output
         components = {name: self.accelerator.unwrap_model(model) for name, model in zip(self.component_names, self.trained)}
-        with self._as_saved():
+        with self._as_saved():  # the facts (sample records) describe the weights as saved
+            run = RunFacts(
+                self.family, self.prediction_type, self.model_info.name, self.model_info.location,
+                self.state.global_step, self.state.epoch, self.max_steps, self.steps_per_epoch, len(self.dataloader),
+                self.dataloader.dataset, len(self.val_dataloader.dataset) if self.val_dataloader is not None else 0,
+                self.accelerator.num_processes, bool(getattr(getattr(self, "cache_choice", None), "latents", False)),
+                getattr(self, "started_at", None), getattr(self, "finished_at", None),
+                getattr(self, "init_weights", None), self.rank_budget,
+                sample_records(self, self.state.global_step, self._adapter_file()) if self.cfg.sample.prompts else None)
             return save_adapter(path, components, self.family, unet_config=dict(self.unet.config),
                                 save_precision=_DTYPES[o.save_precision], format=o.format,
-                                metadata=community_metadata(training_facts(self)))
+                                metadata=community_metadata(training_facts(self.cfg, self.scan, run)))
 
     def save(self) -> TrainResult:
         o = self.cfg.output
