@@ -90,7 +90,8 @@ class LoRARecipe:
         self._setup_dataloader()
         self._setup_optimizer()
         self._setup_rank_budget()
-        speed.apply_speed_options(self)  # compile, channels-last, CPU allocator (sd_lora.train.speed)
+        self.unet_forward, self.speed_options = speed.apply_speed_options(  # compile, channels-last, CPU allocator
+            self.cfg.train, self.unet, self.unet_forward, self.accelerator.device)
         self._setup_trackers()
         if self.cfg.train.resume:
             self._resume(self.cfg.train.resume)
