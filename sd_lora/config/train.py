@@ -19,8 +19,8 @@ _MODE_SCALE_MAX = 2 / (math.pi - 2)
 
 @dataclass
 class TrainConfig:
-    max_steps: int = _f(1000, "Optimiser steps to train for (ignored when max_epochs is set).")
-    max_epochs: int | None = _f(None, "Train for this many passes over the data instead of max_steps.")
+    max_steps: int = _f(1000, "Optimiser steps to train for (ignored when max_epochs is set).", resume="free")
+    max_epochs: int | None = _f(None, "Train for this many passes over the data instead of max_steps.", resume="free")
     batch_size: int = _f(1, "Images per step per process (before gradient accumulation).")
     gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated into one optimiser step.")
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion", "adamw_schedulefree", "came"] = _f(
@@ -41,8 +41,8 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 disables clipping).")
     mixed_precision: Literal["no", "fp16", "bf16"] = _f(
         "no", "Mixed precision: the frozen base runs in this dtype, adapter weights stay fp32.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    attention: Literal["sdpa", "xformers"] = _f("sdpa", "Attention kernel: PyTorch SDPA or xformers (needs the extra).")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.", resume="free")
+    attention: Literal["sdpa", "xformers"] = _f("sdpa", "Attention kernel: PyTorch SDPA or xformers (needs the extra).", resume="free")
     seed: int = _f(42, "Seed for adapter init, data order, noise and timesteps.")
     loss_type: Literal["l2", "huber", "smooth_l1"] = _f("l2", "Loss between prediction and target.")
     huber_c: float = _f(0.1, "huber / smooth_l1: the threshold between the quadratic and linear parts.")
@@ -85,29 +85,29 @@ class TrainConfig:
                                     "(see sample.guidance_scale).")
     min_timestep: int = _f(0, "Lowest training timestep (inclusive).")
     max_timestep: int = _f(1000, "Highest training timestep (exclusive).")
-    resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.")
+    resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.", resume="free")
     resume_ignore_mismatch: bool = _f(
         False, "With train.resume = a state folder: resume although the state was saved by a run with another dataset, "
-        "seed, learning setup or base model (the network's shape must still match).")
-    log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.")
+        "seed, learning setup or base model (the network's shape must still match).", resume="free")
+    log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.", resume="free")
     compile: bool = _f(False, "torch.compile the UNet (with its adapters). Compiling takes minutes; on a GPU the steps "
-                              "get faster, on the CPU they were slower (docs/benchmarks.md).")
+                              "get faster, on the CPU they were slower (docs/benchmarks.md).", resume="free")
     channels_last: bool = _f(False, "Keep the UNet's convolution weights and inputs in channels-last memory layout "
-                                    "(faster convolutions on recent GPUs with fp16/bf16).")
+                                    "(faster convolutions on recent GPUs with fp16/bf16).", resume="free")
     adamw_impl: Literal["auto", "fused", "foreach", "for_loop"] = _f(
         "auto", "torch AdamW kernel: fused (one kernel for all tensors; 'auto' picks it where torch has it, CPU and "
-        "CUDA), foreach, or the plain per-tensor loop.")
+        "CUDA), foreach, or the plain per-tensor loop.", resume="free")
     cpu_allocator_tuning: bool = _f(
         True, "CPU runs on Linux: keep freed activation memory in the process (glibc mmap/trim thresholds) instead "
-        "of returning it to the OS and faulting it back every step. No effect on GPUs.")
+        "of returning it to the OS and faulting it back every step. No effect on GPUs.", resume="free")
     cpu_threads: int = _f(
         0, "CPU threads for torch's ops. 0: OMP_NUM_THREADS when set, else auto: 1 for a small model (its ops are "
         "too small to split, and a thread waiting for a core another process holds stalls every op), else the "
-        "cores other processes leave free. See scripts/benchmark_busy.py.")
+        "cores other processes leave free. See scripts/benchmark_busy.py.", resume="free")
     blocks_to_swap: int = _f(
         0, "Keep the frozen weights of this many transformer blocks (the last ones) in CPU memory and move each "
         "to the GPU only for its forward and backward, the next one copied ahead: less GPU memory, slower steps, "
-        "the same results. 0: off.")
+        "the same results. 0: off.", resume="free")
 
     def validate(self) -> list[str]:
         problems = []

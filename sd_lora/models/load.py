@@ -15,6 +15,7 @@ from sd_lora.errors import SdLoraError
 from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
 from sd_lora.models.families import DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
+from sd_lora.models.integrity import require_filled_folder
 
 __all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "known_family", "inspect_model",
            "load_pipeline", "BUILTIN_DIR"]
@@ -282,4 +283,5 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
         raise SdLoraError(f"model.pretrained: could not load {pretrained!r} from {location}: {e}") from e
     if getattr(pipe, get_family(info.family).denoiser, None) is None or not hasattr(pipe, "vae"):
         raise SdLoraError(f"model.pretrained: {pretrained!r} is not a Stable Diffusion pipeline ({type(pipe).__name__})")
+    require_filled_folder(pipe.components, location)
     return pipe, BaseModelInfo(pretrained, location, info.family, info.prediction_type, is_local)

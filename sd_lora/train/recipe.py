@@ -37,7 +37,7 @@ from sd_lora.train import checkpoint, memory, preflight, speed, trackers
 from sd_lora.train.caches import setup_caches, text_cache_settings, validation_loss
 from sd_lora.train.objectives import build_objective
 from sd_lora.train.ema import AdapterEMA, rounded_to
-from sd_lora.train.facts import training_facts
+from sd_lora.train.facts import RunFacts, training_facts
 from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
 from sd_lora.train.progress import Progress
 from sd_lora.train.signals import StopSignals
@@ -551,10 +551,18 @@ class LoRARecipe:
 
         o = self.cfg.output
         components = {name: self.accelerator.unwrap_model(model) for name, model in zip(self.component_names, self.trained)}
-        with self._as_saved():
+        with self._as_saved():  # the facts (sample records) describe the weights as saved
+            run = RunFacts(
+                self.family.name, self.prediction_type, self.model_info.name, self.model_info.location,
+                self.state.global_step, self.state.epoch, self.max_steps, self.steps_per_epoch, len(self.dataloader),
+                self.dataloader.dataset, len(self.val_dataloader.dataset) if self.val_dataloader is not None else 0,
+                self.accelerator.num_processes, bool(getattr(getattr(self, "cache_choice", None), "latents", False)),
+                getattr(self, "started_at", None), getattr(self, "finished_at", None),
+                getattr(self, "init_weights", None), self.rank_budget,
+                self.sample_records(self.state.global_step) if self.cfg.sample.prompts else None)
             return save_adapter(path, components, self.family.name, unet_config=dict(self.denoiser.config),
                                 save_precision=_DTYPES[o.save_precision], format=o.format,
-                                metadata=community_metadata(training_facts(self)))
+                                metadata=community_metadata(training_facts(self.cfg, self.scan, run)))
 
     def save(self) -> TrainResult:
         o = self.cfg.output
