@@ -32,11 +32,13 @@ from sd_lora.fileio import atomic_write_text, write_errors
 from sd_lora.models.encode import PromptEmbeds, encode_latents, encode_prompts, sdxl_time_ids
 from sd_lora.models.load import describe_source, load_pipeline
 from sd_lora.adapters.dropout import install_lora_dropout
-from sd_lora.train import checkpoint, loss as L, memory, preflight, speed, trackers
+from sd_lora.train import checkpoint, fused_backward, loss as L, memory, preflight, speed, trackers
 from sd_lora.train.caches import setup_caches, validation_loss
 from sd_lora.train.ema import AdapterEMA, rounded_to
 from sd_lora.train.noise import draw_training_noise
 from sd_lora.train.facts import training_facts
+from sd_lora.train.memory_plan import with_resolved_checkpointing
+from sd_lora.train.precision import with_resolved_precision
 from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
 from sd_lora.train.progress import Progress
 from sd_lora.train.signals import StopSignals
@@ -79,6 +81,7 @@ class LoRARecipe:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         preflight.check_environment(self.cfg)
+        self.cfg, self.precision_line = with_resolved_precision(self.cfg, preflight.needs_cpu_process_group())
         self._setup_accelerator()
         self._setup_output_dir()
         self._setup_data_scan()  # an empty dataset fails in milliseconds, and the plan shows, before any model loads
@@ -115,6 +118,7 @@ class LoRARecipe:
             for warning in self.scan.warnings:
                 print(f"warning: {warning}")
             print(format_plan(plan_for(self.cfg, self.scan, self.accelerator.num_processes)))
+            print(self.precision_line)
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -165,7 +169,10 @@ class LoRARecipe:
             self.accelerator.print(apply_cpu_threads(t.cpu_threads, sum(p.numel() for p in self.unet.parameters())))
         if t.attention == "xformers":
             self.unet.enable_xformers_memory_efficient_attention()
-        if t.gradient_checkpointing:
+        self.cfg, line = with_resolved_checkpointing(self.cfg, {"unet": self.unet, "vae": self.vae, **dict(zip(
+            self._te_names(), self.text_encoders))}, device, self.family)
+        self.accelerator.print(line)
+        if self.cfg.train.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.cfg.network.train_text_encoder:
                 for te in self.text_encoders:  # transformers 5 renamed it (the old name warns)
@@ -254,6 +261,8 @@ class LoRARecipe:
             self.accelerator.register_for_checkpointing(self.ema)
         prepared = self.accelerator.prepare(*self.trained, self.optimizer)
         self.trained, self.optimizer = list(prepared[:-1]), prepared[-1]
+        if t.fused_backward:  # each parameter stepped in backward; train_step's step() then finds no gradient
+            fused_backward.install(self.optimizer, self.accelerator.num_processes, t.mixed_precision, self.cfg.network.type)
         # Built on the prepared optimiser (torch warns when step() is wrapped after the schedule exists) and
         # stepped by us once per optimiser step (accelerate would step it once per process).
         self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.max_steps)
