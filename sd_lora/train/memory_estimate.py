@@ -29,13 +29,14 @@ GiB = 2**30
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor": 4, "lion": 4,
                          "adamw_schedulefree": 8, "came": 12}
 
-# The process before any model: Python, torch, diffusers, transformers, peft and sd-lora imported (CPU: measured
-# RSS with this project's lock, torch 2.13 CPU). On a GPU the figures are device memory and this is 0.
+# The process without its models: 0.36 GiB RSS after the imports (Python, torch 2.13 CPU, diffusers, transformers,
+# peft, sd-lora; measured), plus the loop's own (data loader, accelerate, oneDNN scratch): a builtin:tiny run
+# peaks at 0.43 GiB. On a GPU the figures are device memory and this is 0.
 PROCESS_OVERHEAD_BYTES = {"cpu": int(0.45 * GiB), "cuda": 0}
 
 # Backward's working set on top of what forward saved: the gradient flowing back (the size of the largest
 # activation), the gradient of the tensor it meets, and the kernel's scratch: this many times the largest
-# saved tensor (fitted once on full-size SD1 at 256 px on the CPU; scripts/check_memory_estimate.py checks it).
+# saved tensor (a model, not a fit; scripts/check_memory_estimate.py checks the total against measured peaks).
 BACKWARD_WORKING_SET = 3
 
 
