@@ -107,11 +107,7 @@ def _losses_and_delta(tiny_sd1_dir, data, out, mixed_precision):
                                                       "batch_size": 1, "log_every_n_steps": 200})
     recipe = _setup(cfg)
     try:
-        import time
-
-        start = time.perf_counter()
         recipe.train()
-        print("MEASURED time", mixed_precision, time.perf_counter() - start)
         deltas = {}
         for name, module in recipe.unet.named_modules():
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
@@ -126,12 +122,12 @@ def test_a_200_step_bf16_run_learns_what_fp32_learns(tiny_sd1_dir, tiny_dataset,
     bf16, d16 = _losses_and_delta(tiny_sd1_dir, tiny_dataset, tmp_path / "bf16", "bf16")
     assert len(fp32) == len(bf16) == 200
     # The same noise and timesteps each step (one seeded generator): per step the losses differ by bf16 rounding.
-    # Band: each 20-step mean within 5 % of fp32's (measured: at most 1.2 %).
+    # Band: each 20-step mean within 1 % of fp32's (measured on this CPU: at most 0.05 %; the curve falls from
+    # 1.09 to 0.85 over the run, so the band is a twentieth of what is learned).
     w32, w16 = fp32.view(10, 20).mean(1), bf16.view(10, 20).mean(1)
-    print("MEASURED", ((w16 - w32).abs() / w32).max().item(), w32.tolist(), w16.tolist())
-    assert ((w16 - w32).abs() / w32).max() <= 0.05
+    assert ((w16 - w32).abs() / w32).max() <= 0.01
     assert w32[-1] < w32[0] and w16[-1] < w16[0]  # both learn
-    # what is learned: the adapters' weight updates B @ A point the same way (measured: cosine >= 0.99)
+    # what is learned: the adapters' weight updates B @ A point the same way (measured: min cosine 0.995 over
+    # the adapted modules, mean 0.9995)
     cos = [torch.nn.functional.cosine_similarity(d32[k].flatten(), d16[k].flatten(), dim=0) for k in d32]
-    print("MEASURED cos", min(cos).item(), (sum(cos) / len(cos)).item())
-    assert min(cos) > 0.9 and sum(cos) / len(cos) > 0.97
+    assert min(cos) > 0.98 and sum(cos) / len(cos) > 0.995
