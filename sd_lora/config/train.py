@@ -39,9 +39,18 @@ class TrainConfig:
     lr_scheduler_power: float = _f(1.0, "polynomial: power of the decay.")
     weight_decay: float = _f(1e-2, "Weight decay.")
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 disables clipping).")
-    mixed_precision: Literal["no", "fp16", "bf16"] = _f(
-        "no", "Mixed precision: the frozen base runs in this dtype, adapter weights stay fp32.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.", resume="free")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _f(
+        "auto", "Mixed precision: the frozen base runs in this dtype, adapter weights stay fp32. 'auto': bf16 where "
+        "the hardware runs it natively (CUDA compute capability >= 8.0, CPUs with AMX-BF16 or AVX-512 BF16), fp16 "
+        "with loss scaling on older GPUs, fp32 ('no') otherwise; the plan says which and why.")
+    gradient_checkpointing: bool | Literal["auto"] = _f(
+        "auto", "Recompute activations in backward to save memory. 'auto': on when the estimated activation memory "
+        "would not fit the device's free memory (the plan says why).", resume="free")
+    fused_backward: bool = _f(
+        False, "Apply the optimiser step to each parameter as soon as its gradient is ready, during backward, so "
+        "gradients never all exist at once (kohya / OneTrainer's fused backward pass). Needs "
+        "gradient_accumulation_steps = 1, max_grad_norm = 0, one process and a per-parameter optimiser (adamw, "
+        "adamw8bit, adafactor, lion).", resume="free")
     attention: Literal["sdpa", "xformers"] = _f("sdpa", "Attention kernel: PyTorch SDPA or xformers (needs the extra).", resume="free")
     seed: int = _f(42, "Seed for adapter init, data order, noise and timesteps.")
     loss_type: Literal["l2", "huber", "smooth_l1"] = _f("l2", "Loss between prediction and target.")
@@ -156,6 +165,7 @@ class TrainConfig:
                     "size itself and refuses groups with different lr): remove train.unet_lr / text_encoder_lr / "
                     "loraplus_lr_ratio, or use optimizer = 'adamw' for separate rates")
         problems += self._check_flow()
+        problems += _check_fused_backward(self)
         if self.resume_ignore_mismatch and self.resume in (None, "latest"):
             problems.append("train.resume_ignore_mismatch: only with train.resume = a state folder (a path), so that "
                             "'latest' never picks up another run's state; name the folder you mean")
@@ -213,6 +223,28 @@ class SampleConfig:
         problems += _check_scheduler(self.scheduler)
         problems += _check_prompts(self.prompts)
         return finite_first(self, "sample", problems)
+
+
+# Optimisers whose update of one parameter reads only that parameter's gradient and state: stepping them one
+# parameter at a time is the same update. prodigy (a step size from all gradients), adamw_schedulefree (averages
+# kept per parameter group, advanced once per step() call) and came are not.
+FUSED_BACKWARD_OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion")
+
+
+def _check_fused_backward(t: TrainConfig) -> list[str]:
+    if not t.fused_backward:
+        return []
+    problems, why = [], "train.fused_backward steps each parameter during backward"
+    if t.gradient_accumulation_steps > 1:
+        problems.append(f"{why}, so it cannot accumulate gradients over micro-batches: set "
+                        f"gradient_accumulation_steps = 1 (got {t.gradient_accumulation_steps}) or fused_backward = false")
+    if t.max_grad_norm > 0:
+        problems.append(f"{why}, before the norm over all gradients is known, so it cannot clip them: set "
+                        f"max_grad_norm = 0 (got {t.max_grad_norm}) or fused_backward = false")
+    if t.optimizer not in FUSED_BACKWARD_OPTIMIZERS:
+        problems.append(f"{why}; optimizer '{t.optimizer}' needs every gradient for one step. Use one of "
+                        f"{', '.join(FUSED_BACKWARD_OPTIMIZERS)}, or fused_backward = false")
+    return problems
 
 
 def _check_prompts(prompts: list[str]) -> list[str]:
