@@ -5,6 +5,9 @@
 #   2. SDXL architecture, 1024 px, batch 1, gradient checkpointing + caches: peak VRAM (target <= 10 GB).
 #   3. One tiny run each with attention = xformers, optimizer = adamw8bit, model.quantize = nf4, when the
 #      package is installed (skipped with a line saying so otherwise).
+#   4. The defaults of issue 24: what train.mixed_precision / gradient_checkpointing = "auto" pick on this GPU,
+#      SD1.5 512 px batch 4 s/step and peak of the default, of forced fp32 and of fused_backward, each peak
+#      against the memory estimate (sd_lora.train.memory_plan, the figures --dry-run prints).
 # Random weights (no download). Usage:  bash scripts/gpu_benchmark.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,4 +84,36 @@ run_tiny() {  # name, python module it needs, extra --set options
 run_tiny xformers xformers --set train.attention=xformers
 run_tiny adamw8bit bitsandbytes --set train.optimizer=adamw8bit
 run_tiny nf4 bitsandbytes --set model.quantize=nf4
+echo "== 4. issue 24 defaults: auto precision / checkpointing, fused backward, the memory estimate"
+timeout 300 "$PY" - <<'EOF' | tee "$OUT/defaults.txt"
+import sys, tempfile, torch
+from pathlib import Path
+sys.path.insert(0, "scripts")
+import sd_lora.train.recipe as recipe_mod
+from benchmark_train import build_random_sd1, write_images
+from sd_lora.config.load import config_from_dict
+from sd_lora.models.load import BaseModelInfo
+from sd_lora.models.architectures import text_encoder_configs, unet_config, vae_config
+from sd_lora.train.memory_plan import estimate_run
+
+data = Path(tempfile.mkdtemp()) / "imgs"; write_images(data, 8, 512)
+configs = {"unet": unet_config("sd1"), "vae": vae_config("sd1"), "text_encoder": text_encoder_configs("sd1")[0]}
+for name, train in [("default (auto)", {}), ("fp32", {"mixed_precision": "no"}),
+                    ("auto + fused_backward", {"fused_backward": True, "max_grad_norm": 0.0})]:
+    held = [build_random_sd1(torch.float32)]
+    recipe_mod.load_pipeline = lambda *a, **k: (held.pop(), BaseModelInfo("random-sd1", "", "sd1", "epsilon", True))
+    cfg = config_from_dict({"data": {"dir": str(data), "resolution": 512},
+        "network": {"rank": 16, "alpha": 16, "unet_targets": ["to_q", "to_k", "to_v", "to_out.0"]},
+        "output": {"dir": tempfile.mkdtemp(), "log_with": "none"},
+        "train": {"max_steps": 8, "batch_size": 4, "log_every_n_steps": 1000, **train}})
+    recipe = recipe_mod.LoRARecipe(cfg)
+    recipe.setup(); torch.cuda.reset_peak_memory_stats(); recipe.train()
+    steps = sorted(b - a for a, b in zip(recipe.step_times[2:], recipe.step_times[3:]))
+    peak = torch.cuda.max_memory_allocated()
+    e = estimate_run(recipe.cfg, configs, recipe.cfg.train.gradient_checkpointing, "cuda", (True, True))
+    print(f"{name}: {recipe.cfg.train.mixed_precision}, checkpointing {recipe.cfg.train.gradient_checkpointing}: "
+          f"{steps[len(steps) // 2]:.3f} s/step, peak {peak / 2**30:.2f} GiB (estimate {e.training / 2**30:.2f} GiB, "
+          f"estimate / measured {e.training / peak:.2f})")
+    recipe.cleanup(); del recipe; torch.cuda.empty_cache()
+EOF
 echo "results in $OUT"

@@ -12,11 +12,20 @@ from typing import Iterator
 from sd_lora.errors import SdLoraError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "current_umask", "give_umask_modes", "write_errors",
-           "remove_stale_temporaries", "is_write_failure", "write_failure_reason", "STALE_AFTER_S"]
+           "remove_stale_temporaries", "is_write_failure", "write_failure_reason", "STALE_AFTER_S", "printable"]
 
 # A temporary file or folder of ours not written to for this long belongs to a process that died (kill -9, power
 # cut): no live writer leaves its file untouched that long (a write, even of gigabytes, changes the mtime).
 STALE_AFTER_S = 300
+
+
+def printable(text: str) -> str:
+    """`text` (a path or a value holding one) as valid Unicode: a file name that is not UTF-8 comes from the OS
+    surrogate-escaped, which UTF-8 writers (logs, metadata, TensorBoard) refuse; its bytes are shown as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def current_umask() -> int:
@@ -94,7 +103,9 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(target: str | Path, text: str) -> Path:
-    return atomic_write_bytes(target, text.encode("utf-8"))
+    """UTF-8; a file name in `text` that is not UTF-8 (surrogate-escaped) is written as its bytes on disk, so the
+    text still names that file."""
+    return atomic_write_bytes(target, text.encode("utf-8", "surrogateescape"))
 
 
 def is_write_failure(e: BaseException) -> bool:

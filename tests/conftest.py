@@ -37,6 +37,23 @@ def tiny_sdxl_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    """A saved tiny SD3.5-like diffusers directory (MMDiT with dual attention and qk-norm, CLIP-L, CLIP-G, T5)."""
+    from sd_lora.models.tiny_transformers import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3"), variant="sd3.5", seed=0,
+                          words=["red", "green", "blue", "yellow", "square", "circle"])
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_pipe(tiny_sd3_dir):
+    """The tiny SD3 loaded without T5 (its conditioning part is zeros), as `model.t5 = false` loads it."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline.from_pretrained(str(tiny_sd3_dir), text_encoder_3=None, tokenizer_3=None)
+
+
+@pytest.fixture(scope="session")
 def tiny_flux_dir(tmp_path_factory):
     """A tiny FLUX.1 dev pipeline folder (guidance embedding; 2 double + 2 single blocks, CLIP-L, T5, 16-ch VAE)."""
     from sd_lora.models.tiny_transformers import build_tiny_flux

@@ -10,7 +10,8 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("input", help="adapter .safetensors file")
     p.add_argument("output", help="file to write (atomically)")
     p.add_argument("--to", required=True, choices=["community", "diffusers"], help="target format")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl", "sd3", "flux"], help="model family when the file does not say")
+    p.add_argument("--family", choices=["sd1", "sd2", "sdxl", "sd3", "flux"],
+                   help="model family when the file does not say")
     p.add_argument("--allow-pickle", action="store_true", help="read a pickled .ckpt/.pt you trust")
 
 

@@ -14,7 +14,8 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--ranks", action="store_true",
                    help="also show each module's effective rank (singular values above 1e-3 of the largest)")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl", "sd3", "flux"], help="--ranks: model family when the file does not say")
+    p.add_argument("--family", choices=["sd1", "sd2", "sdxl", "sd3", "flux"],
+                   help="--ranks: model family when the file does not say")
     p.add_argument("--allow-pickle", action="store_true", help="read a pickled .ckpt/.pt you trust")
 
 

@@ -33,6 +33,7 @@ SUBCOMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    _printable_file_names()
     parser = argparse.ArgumentParser(prog="sd-lora", description="Train and use Stable Diffusion LoRA adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
@@ -92,6 +93,14 @@ def _is_disk_or_permission_fault(e: BaseException) -> bool:
     if not isinstance(e, OSError):
         return True  # a Rust-backed library's I/O error (disk full, file too large)
     return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _printable_file_names() -> None:
+    """A file name that is not valid UTF-8 reaches Python surrogate-escaped ('caf\\udce9.png'); in a UTF-8 locale
+    printing it would raise UnicodeEncodeError mid-message, so such characters are printed escaped instead."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _quiet_stdout() -> None:

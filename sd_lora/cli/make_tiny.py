@@ -1,4 +1,4 @@
-"""`sd-lora make-tiny DIR [--family sd1|sd2|sdxl]`: a tiny random SD-shaped model, offline, in seconds."""
+"""`sd-lora make-tiny DIR [--family sd1|sd2|sdxl|sd3|...]`: a tiny random model of a family, offline, in seconds."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
-    p = subparsers.add_parser(name, help="write a tiny randomly initialised SD1/SD2/SDXL diffusers model (offline)",
+    from sd_lora.models.families import FAMILIES
+
+    p = subparsers.add_parser(name, help="write a tiny randomly initialised diffusers model of a family (offline)",
                               description="Write a tiny SD-architecture model with random weights, for smoke tests "
                                           "and CI. It trains and generates like a real one but draws noise.")
     p.add_argument("out", help="output directory (a diffusers model folder)")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl"], default="sd1")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="sd1")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -23,7 +25,7 @@ def run(args) -> int:
 
     from sd_lora.errors import SdLoraError
     from sd_lora.fileio import give_umask_modes, remove_stale_temporaries, write_errors
-    from sd_lora.models.tiny import save_tiny_pipeline
+    from sd_lora.models.families import get_family
 
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -34,7 +36,7 @@ def run(args) -> int:
         # written whole beside the target, then renamed: a full disk leaves no half model under the final name
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
-            save_tiny_pipeline(tmp, family=args.family, seed=args.seed)
+            get_family(args.family).save_tiny(tmp, seed=args.seed)
             give_umask_modes(tmp)
             if out.exists():
                 out.rmdir()  # empty (checked above)

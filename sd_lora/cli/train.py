@@ -28,12 +28,17 @@ def _validate(cfg, dumped: str) -> int:
     """The config, the model source (a path exists; a hub id is cached or can be downloaded) and every optional
     package the config needs, all reported at once."""
     from sd_lora.errors import SdLoraError
-    from sd_lora.models.load import describe_source
+    from sd_lora.models.families import get_family, settings_problems
+    from sd_lora.models.load import describe_source, known_family
     from sd_lora.train.preflight import missing_packages
 
     problems = missing_packages(cfg, try_import=True)
     try:
         source = describe_source(cfg.model.pretrained, cfg.model.revision)
+        m = cfg.model
+        family = known_family(m.pretrained, m.family, m.revision, m.allow_pickle)
+        if family:  # what the model's family cannot train with (another family's keys, DDPM-only options)
+            problems += settings_problems(get_family(family), cfg)
     except SdLoraError as e:
         problems.append(str(e))
     if problems:

@@ -26,7 +26,7 @@ class ModelConfig:
     prediction_type: Literal["epsilon", "v_prediction"] | None = _f(
         None, "Override the prediction type read from the scheduler config.")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of a hub id.")
-    allow_pickle: bool = _f(False, "Allow pickle checkpoints (.ckpt/.pt/.bin). Pickle can run code: only for files you trust.")
+    allow_pickle: bool = _f(False, "Allow pickle checkpoints (.ckpt/.pt/.bin). Pickle can run code: only for files you trust.", resume="free")
     quantize: Literal["nf4", "int8"] | None = _f(
         None, "Load the frozen UNet quantised through bitsandbytes (QLoRA-style; CUDA only).")
     t5: bool = _f(True, "SD3: load the T5-XXL text encoder (false: its conditioning is zeros, as diffusers allows; "
@@ -94,7 +94,7 @@ class NetworkConfig:
         None, "A regular expression matched against full UNet module names (instead of preset/unet_targets).")
     init_weights: str | None = _f(
         None, "Start from this LoRA file (kohya --network_weights): a community, diffusers or LyCORIS file of the "
-        "same network type, loaded strictly into the adapters before training; its hash is recorded.", path=True)
+        "same network type, loaded strictly into the adapters before training; its hash is recorded.", path=True, resume="free")
     dim_from_weights: bool = _f(False, "Take rank, alpha and conv rank/alpha from network.init_weights (kohya "
                                        "--dim_from_weights).")
     train_text_encoder: bool = _f(False, "Also train adapters on the text encoder(s).")

@@ -19,8 +19,8 @@ _MODE_SCALE_MAX = 2 / (math.pi - 2)
 
 @dataclass
 class TrainConfig:
-    max_steps: int = _f(1000, "Optimiser steps to train for (ignored when max_epochs is set).")
-    max_epochs: int | None = _f(None, "Train for this many passes over the data instead of max_steps.")
+    max_steps: int = _f(1000, "Optimiser steps to train for (ignored when max_epochs is set).", resume="free")
+    max_epochs: int | None = _f(None, "Train for this many passes over the data instead of max_steps.", resume="free")
     batch_size: int = _f(1, "Images per step per process (before gradient accumulation).")
     gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated into one optimiser step.")
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion", "adamw_schedulefree", "came"] = _f(
@@ -39,10 +39,19 @@ class TrainConfig:
     lr_scheduler_power: float = _f(1.0, "polynomial: power of the decay.")
     weight_decay: float = _f(1e-2, "Weight decay.")
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 disables clipping).")
-    mixed_precision: Literal["no", "fp16", "bf16"] = _f(
-        "no", "Mixed precision: the frozen base runs in this dtype, adapter weights stay fp32.")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    attention: Literal["sdpa", "xformers"] = _f("sdpa", "Attention kernel: PyTorch SDPA or xformers (needs the extra).")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _f(
+        "auto", "Mixed precision: the frozen base runs in this dtype, adapter weights stay fp32. 'auto': bf16 where "
+        "the hardware runs it natively (CUDA compute capability >= 8.0, CPUs with AMX-BF16 or AVX-512 BF16), fp16 "
+        "with loss scaling on older GPUs, fp32 ('no') otherwise; the plan says which and why.")
+    gradient_checkpointing: bool | Literal["auto"] = _f(
+        "auto", "Recompute activations in backward to save memory. 'auto': on when the estimated activation memory "
+        "would not fit the device's free memory (the plan says why).", resume="free")
+    fused_backward: bool = _f(
+        False, "Apply the optimiser step to each parameter as soon as its gradient is ready, during backward, so "
+        "gradients never all exist at once (kohya / OneTrainer's fused backward pass). Needs "
+        "gradient_accumulation_steps = 1, max_grad_norm = 0, one process and a per-parameter optimiser (adamw, "
+        "adamw8bit, adafactor, lion).", resume="free")
+    attention: Literal["sdpa", "xformers"] = _f("sdpa", "Attention kernel: PyTorch SDPA or xformers (needs the extra).", resume="free")
     seed: int = _f(42, "Seed for adapter init, data order, noise and timesteps.")
     loss_type: Literal["l2", "huber", "smooth_l1"] = _f("l2", "Loss between prediction and target.")
     huber_c: float = _f(0.1, "huber / smooth_l1: the threshold between the quadratic and linear parts.")
@@ -85,29 +94,29 @@ class TrainConfig:
                                     "(see sample.guidance_scale).")
     min_timestep: int = _f(0, "Lowest training timestep (inclusive).")
     max_timestep: int = _f(1000, "Highest training timestep (exclusive).")
-    resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.")
+    resume: str | None = _f(None, "Resume from 'latest' (newest complete state in output.dir/checkpoints) or a state folder.", resume="free")
     resume_ignore_mismatch: bool = _f(
         False, "With train.resume = a state folder: resume although the state was saved by a run with another dataset, "
-        "seed, learning setup or base model (the network's shape must still match).")
-    log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.")
+        "seed, learning setup or base model (the network's shape must still match).", resume="free")
+    log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.", resume="free")
     compile: bool = _f(False, "torch.compile the UNet (with its adapters). Compiling takes minutes; on a GPU the steps "
-                              "get faster, on the CPU they were slower (docs/benchmarks.md).")
+                              "get faster, on the CPU they were slower (docs/benchmarks.md).", resume="free")
     channels_last: bool = _f(False, "Keep the UNet's convolution weights and inputs in channels-last memory layout "
-                                    "(faster convolutions on recent GPUs with fp16/bf16).")
+                                    "(faster convolutions on recent GPUs with fp16/bf16).", resume="free")
     adamw_impl: Literal["auto", "fused", "foreach", "for_loop"] = _f(
         "auto", "torch AdamW kernel: fused (one kernel for all tensors; 'auto' picks it where torch has it, CPU and "
-        "CUDA), foreach, or the plain per-tensor loop.")
+        "CUDA), foreach, or the plain per-tensor loop.", resume="free")
     cpu_allocator_tuning: bool = _f(
         True, "CPU runs on Linux: keep freed activation memory in the process (glibc mmap/trim thresholds) instead "
-        "of returning it to the OS and faulting it back every step. No effect on GPUs.")
+        "of returning it to the OS and faulting it back every step. No effect on GPUs.", resume="free")
     cpu_threads: int = _f(
         0, "CPU threads for torch's ops. 0: OMP_NUM_THREADS when set, else auto: 1 for a small model (its ops are "
         "too small to split, and a thread waiting for a core another process holds stalls every op), else the "
-        "cores other processes leave free. See scripts/benchmark_busy.py.")
+        "cores other processes leave free. See scripts/benchmark_busy.py.", resume="free")
     blocks_to_swap: int = _f(
         0, "Keep the frozen weights of this many transformer blocks (the last ones) in CPU memory and move each "
         "to the GPU only for its forward and backward, the next one copied ahead: less GPU memory, slower steps, "
-        "the same results. 0: off.")
+        "the same results. 0: off.", resume="free")
 
     def validate(self) -> list[str]:
         problems = []
@@ -156,6 +165,7 @@ class TrainConfig:
                     "size itself and refuses groups with different lr): remove train.unet_lr / text_encoder_lr / "
                     "loraplus_lr_ratio, or use optimizer = 'adamw' for separate rates")
         problems += self._check_flow()
+        problems += _check_fused_backward(self)
         if self.resume_ignore_mismatch and self.resume in (None, "latest"):
             problems.append("train.resume_ignore_mismatch: only with train.resume = a state folder (a path), so that "
                             "'latest' never picks up another run's state; name the folder you mean")
@@ -213,6 +223,28 @@ class SampleConfig:
         problems += _check_scheduler(self.scheduler)
         problems += _check_prompts(self.prompts)
         return finite_first(self, "sample", problems)
+
+
+# Optimisers whose update of one parameter reads only that parameter's gradient and state: stepping them one
+# parameter at a time is the same update. prodigy (a step size from all gradients), adamw_schedulefree (averages
+# kept per parameter group, advanced once per step() call) and came are not.
+FUSED_BACKWARD_OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion")
+
+
+def _check_fused_backward(t: TrainConfig) -> list[str]:
+    if not t.fused_backward:
+        return []
+    problems, why = [], "train.fused_backward steps each parameter during backward"
+    if t.gradient_accumulation_steps > 1:
+        problems.append(f"{why}, so it cannot accumulate gradients over micro-batches: set "
+                        f"gradient_accumulation_steps = 1 (got {t.gradient_accumulation_steps}) or fused_backward = false")
+    if t.max_grad_norm > 0:
+        problems.append(f"{why}, before the norm over all gradients is known, so it cannot clip them: set "
+                        f"max_grad_norm = 0 (got {t.max_grad_norm}) or fused_backward = false")
+    if t.optimizer not in FUSED_BACKWARD_OPTIMIZERS:
+        problems.append(f"{why}; optimizer '{t.optimizer}' needs every gradient for one step. Use one of "
+                        f"{', '.join(FUSED_BACKWARD_OPTIMIZERS)}, or fused_backward = false")
+    return problems
 
 
 def _check_prompts(prompts: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ decoded at full size (JPEGs are decoded at a reduced scale through Pillow's draf
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -54,6 +55,9 @@ def probe_image(path: Path) -> ImageInfo:
                            "fix or remove the link") from None
         raise BadImage("disappeared during the scan") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BadImage("a symbolic link loop (the link leads back to itself, never to a file); fix or remove "
+                           "the link") from None
         raise BadImage(f"cannot be read ({e.strerror or e})") from None
     if size == 0:
         raise BadImage("empty file (0 bytes)")

@@ -3,6 +3,8 @@ regularisation folder and the validation folder, each with its settings resolved
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,25 @@ def _entries(folder: Path, where: str) -> list[Path]:
                           "(e.g. chmod -R u+rX) or point the config at another folder") from None
 
 
+def _check_folder_link(entry: Path, folder: Path, where: str) -> None:
+    """A repeat-folder link that leads nowhere, in a circle, or back up to the data folder would be read as an
+    empty or duplicated repeat folder without a word: one error naming it instead. Image links are the scan's (it
+    names each bad one as skipped)."""
+    if not entry.is_symlink() or not _REPEAT_FOLDER.match(entry.name):
+        return  # other links are never read as folders of the dataset
+    try:
+        target = entry.resolve(strict=True)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a loop, before Python 3.13
+        loop = isinstance(e, RuntimeError) or getattr(e, "errno", None) == errno.ELOOP
+        why = "a symbolic link loop (it leads back to itself)" if loop else \
+            f"a symbolic link to {os.readlink(entry)}, which does not exist"
+        raise SdLoraError(f"{where} {str(folder)!r}: {entry.name!r} is {why}; fix or remove the link") from None
+    if target.is_dir() and (target == folder.resolve() or target in folder.resolve().parents):
+        raise SdLoraError(f"{where} {str(folder)!r}: {entry.name!r} is a link to {str(target)!r}, which holds "
+                          f"{where} itself, so its images would be read again (a loop); remove the link or make it "
+                          "point to a folder of its own")
+
+
 def resolve_subsets(cfg: DataConfig) -> list[SubsetSpec]:
     """Training subsets (regularisation ones included), in a stable order. Raises SdLoraError on bad folders."""
     if not cfg.dir and not cfg.subsets and not cfg.reg_data_dir:
@@ -94,7 +115,10 @@ def _expand_dir(cfg: DataConfig, folder: Path, where: str, is_reg: bool, may_be_
             return [_spec(cfg, SubsetConfig(dir=str(folder), is_reg=is_reg), folder, where, folder.name)]
         raise SdLoraError(f"{where} {str(folder)!r} does not exist or is not a folder; set {where} to the folder "
                           "of your images (relative paths are relative to the config file)")
-    subfolders = sorted(p for p in _entries(folder, where) if p.is_dir() and not p.name.startswith("."))
+    entries = _entries(folder, where)
+    for entry in entries:
+        _check_folder_link(entry, folder, where)
+    subfolders = sorted(p for p in entries if p.is_dir() and not p.name.startswith("."))
     direct = list_images(folder)
     specs = []
     if direct or not subfolders:

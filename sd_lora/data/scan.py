@@ -163,7 +163,7 @@ def _scan_subset(spec: SubsetSpec, report: ScanReport, min_side: int = 1) -> Sub
         report.skipped.append((path, f"{path.suffix.lower()[1:].upper()} images are not read (an animated one has "
                                      "several frames, which would train as one); convert it to PNG to train on it"))
     metadata = _metadata_for(spec)
-    known = {p.resolve() for p in paths}
+    known = {_resolved(p) for p in paths}
     missing = [p for p in metadata if p not in known and not p.is_file()]
     if missing:
         _warn(report, f"{spec.where}: {len(missing)} file(s) named in the metadata file do not exist, e.g. "
@@ -185,6 +185,14 @@ def _scan_subset(spec: SubsetSpec, report: ScanReport, min_side: int = 1) -> Sub
             continue
         records.append(ImageRecord(path, caption, source, info.width, info.height))
     return SubsetScan(spec, records)
+
+
+def _resolved(path: Path) -> Path:
+    """The file a path leads to; a link loop is kept as it is (probe_image names it as skipped)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python < 3.13 reports a link loop so
+        return path
 
 
 def _metadata_for(spec: SubsetSpec) -> dict[Path, str]:

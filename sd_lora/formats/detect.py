@@ -80,6 +80,9 @@ def guess_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
 
 _FLUX_MARKERS = ("double_blocks", "single_blocks", "single_transformer_blocks")
 _DENOISER_PREFIXES = ("transformer.", "lora_transformer_", "lycoris_", "base_model.model.")
+# first names of diffusers' SD3 / FLUX transformer modules (a UNet's are down_blocks, mid_block, ...)
+_TRANSFORMER_ROOTS = ("transformer_blocks", "single_transformer_blocks", "context_embedder", "x_embedder",
+                      "pos_embed", "time_text_embed", "norm_out", "proj_out")
 
 
 def _transformer_family(keys: list[str], tensors, metadata: dict[str, str]) -> tuple[str | None, str]:
@@ -88,7 +91,8 @@ def _transformer_family(keys: list[str], tensors, metadata: dict[str, str]) -> t
         return "sd3", "it names SD3's joint blocks or a third text encoder"
     if any(m in k for k in keys for m in _FLUX_MARKERS):
         return "flux", "it names FLUX's double/single-stream blocks"
-    blocks = [k for k in keys if k.startswith(_DENOISER_PREFIXES)]
+    blocks = [k for k in keys for p in _DENOISER_PREFIXES
+              if k.startswith(p) and k[len(p):].startswith(_TRANSFORMER_ROOTS)]
     for key in blocks:
         if key.endswith(("attn.to_q.lora_A.weight", "attn_to_q.lora_down.weight")) and tensors[key].ndim == 2:
             width = tensors[key].shape[1]

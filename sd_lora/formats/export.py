@@ -28,6 +28,7 @@ __all__ = ["CoverageReport", "save_adapter", "weights_facts", "FORMATS"]
 
 FORMATS = ("community", "diffusers")
 _FACT_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha")
+_MODEL_KEYS = ("modelspec.architecture", "modelspec.implementation", "ss_base_model_version")
 
 
 @dataclass
@@ -83,8 +84,10 @@ def _metadata(weights: AdapterWeights, family: str, given: dict[str, str] | None
               variant: str | None = None) -> dict[str, str]:
     facts = weights_facts(weights)
     derived = minimum_metadata({"family": family, "model_variant": variant, **facts})
-    # values measured on the weights win over what the caller passed for them
-    meta = {**derived, **(given or {}), **{k: derived[k] for k in _FACT_KEYS}}
+    # values measured on the weights (and, for SD3 / FLUX, read from the transformer's config) win over what the
+    # caller passed for them
+    facts_keys = _FACT_KEYS + (_MODEL_KEYS if variant else ())
+    meta = {**derived, **(given or {}), **{k: derived[k] for k in facts_keys}}
     try:
         given_args = json.loads((given or {}).get("ss_network_args") or "{}")
     except json.JSONDecodeError:
@@ -100,7 +103,10 @@ def _coverage(tmp: Path, path: Path, components, family: str, unet_config, weigh
         plan = plan_modules(adapter, components, family, unet_config)
     except SdLoraError as e:
         raise SdLoraError(f"{path}: the saved file does not read back completely, so it was not written: {e}") from e
-    trained = {c: len(m) for c, m in weights.items()}
+    if transformer_files.is_transformer_family(family):
+        trained = transformer_files.expected_modules(weights, family, unet_config)
+    else:
+        trained = {c: len(m) for c, m in weights.items()}
     report = CoverageReport(path, fmt, adapter.adapter_type, trained, {c: len(plan.get(c, {})) for c in trained})
     if not report.complete:
         raise SdLoraError(f"{path}: {report.summary()} - modules would be lost, so the file was not written.")

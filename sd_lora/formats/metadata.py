@@ -154,7 +154,8 @@ def _is_v(info: dict) -> bool:
 
 
 def minimum_metadata(info: dict) -> dict[str, str]:
-    """The keys the reference trainer keeps even with metadata off, plus the required modelspec keys."""
+    """The keys the reference trainer keeps even with metadata off, plus the required modelspec keys (the
+    `ss_network_dim/alpha/module` ones only when `info` holds network_dim)."""
     family = info.get("family", "sd1")
     v = _is_v(info)
     adapter = info.get("adapter_type", "lora")
@@ -171,10 +172,14 @@ def minimum_metadata(info: dict) -> dict[str, str]:
         date = date.replace(microsecond=0).isoformat()
     if family in _DEFAULT_VARIANT:
         return _transformer_metadata(info, family, args, date, w, h)
+    # dim / alpha / module are written only from what is measured on the weights (formats.export.weights_facts):
+    # never a placeholder that a later step must overwrite
+    network = {"ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
+               "ss_network_dim": str(int(info["network_dim"])),
+               "ss_network_alpha": _float(info.get("network_alpha", info["network_dim"]))} \
+        if info.get("network_dim") is not None else {}
     return {
-        "ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
-        "ss_network_dim": str(int(info.get("network_dim", 4))),
-        "ss_network_alpha": _float(info.get("network_alpha", info.get("network_dim", 4))),
+        **network,
         "ss_network_args": _json({k: str(v) for k, v in args.items()}),
         "ss_base_model_version": base_model_version(family, v),
         "ss_v2": str(family == "sd2"),
@@ -193,10 +198,13 @@ def _transformer_metadata(info: dict, family: str, args: dict, date: str, w: int
     variant = info.get("model_variant") or _DEFAULT_VARIANT[family]
     architecture, version, implementation = _TRANSFORMER_SPEC[variant]
     adapter = info.get("adapter_type", "lora")
+    # as for the UNet families: dim / alpha / module only from what is measured on the weights
+    network = {"ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
+               "ss_network_dim": str(int(info["network_dim"])),
+               "ss_network_alpha": _float(info.get("network_alpha", info["network_dim"]))} \
+        if info.get("network_dim") is not None else {}
     return {
-        "ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
-        "ss_network_dim": str(int(info.get("network_dim", 4))),
-        "ss_network_alpha": _float(info.get("network_alpha", info.get("network_dim", 4))),
+        **network,
         "ss_network_args": _json({k: str(v) for k, v in args.items()}),
         "ss_base_model_version": version,
         "ss_v2": "False",
@@ -213,7 +221,7 @@ def _transformer_metadata(info: dict, family: str, args: dict, date: str, w: int
 def community_metadata(info: dict) -> dict[str, str]:
     """`ss_*`, `modelspec.*` and the inference recipe for a file; every value a string.
 
-    `info` keys: family, prediction_type ("epsilon"/"v_prediction") or v_prediction, adapter_type
+    `info` keys: family, encoder_layer (modelspec's; default clip_skip), prediction_type ("epsilon"/"v_prediction") or v_prediction, adapter_type
     (lora/locon/loha/lokr/dora), network_module, network_dim, network_alpha, network_args (dict), title,
     date, description, trigger_words, inference (dict: scheduler, steps, guidance, clip_skip, resolution,
     sample_prompts, trigger_words), `kohya_fields` ({metadata key: value} for kohya's remaining `ss_*` keys,
@@ -223,8 +231,9 @@ def community_metadata(info: dict) -> dict[str, str]:
     for key, (meta_key, fmt) in INFO_KEYS.items():
         if info.get(key) is not None:
             meta[meta_key] = fmt(info[key])
-    if info.get("clip_skip") is not None:
-        meta["modelspec.encoder_layer"] = str(info["clip_skip"])
+    layer = info["encoder_layer"] if "encoder_layer" in info else info.get("clip_skip")
+    if layer is not None:
+        meta["modelspec.encoder_layer"] = str(layer)
     if info.get("description"):
         meta["modelspec.description"] = str(info["description"])
     if info.get("trigger_words"):

@@ -1,4 +1,5 @@
-"""Reading adapter files with every failure turned into one clear SdLoraError, and atomic writing.
+"""sd-lora's one safetensors layer: reading tensor files with every failure turned into one clear SdLoraError,
+the one layout every file is written in (`header_prefix`), and atomic writing (`write_tensors`).
 
 safetensors files are checked by hand before the library parses them (so a truncated file or a bad
 header says what is wrong); pickled checkpoints are refused unless the caller opts in, and even then
@@ -14,10 +15,11 @@ from pathlib import Path
 import torch
 
 from sd_lora.errors import SdLoraError
-from sd_lora.fileio import atomic_write_bytes
+from sd_lora.fileio import atomic_write_bytes, printable
 
 __all__ = ["read_tensor_file", "diffusers_lora_file", "DIFFUSERS_LORA_FILES", "serialize", "write_safetensors",
-           "data_region", "metadata_json", "PICKLE_SUFFIXES"]
+           "data_region", "metadata_json", "PICKLE_SUFFIXES", "write_tensors", "header_prefix", "tensor_bytes",
+           "read_header", "DTYPE_NAMES"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 DIFFUSERS_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
@@ -165,9 +167,39 @@ def read_tensor_file(path: str | Path, allow_pickle: bool = False) -> tuple[dict
     return _read_safetensors(path)
 
 
-_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+DTYPE_NAMES = _DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                 torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
                 torch.bool: "BOOL"}
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's data as safetensors stores it (little-endian, C order)."""
+    t = t.detach().to("cpu").contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def header_prefix(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> tuple[bytes, list[str]]:
+    """(the file's first bytes: header length + header, the tensors' order in the data region) — the one layout
+    sd-lora writes, in memory (`serialize`) or streamed (`sd_lora.tools.tensorfile`)."""
+    bad = sorted(k for k, v in (metadata or {}).items() if not isinstance(v, str))
+    if bad:
+        raise SdLoraError(f"safetensors metadata values must be strings; not strings: {bad}")
+    unknown = sorted(k for k, v in tensors.items() if v.dtype not in _DTYPE_NAMES)
+    if unknown:
+        raise SdLoraError(f"cannot write tensors of dtype {tensors[unknown[0]].dtype} ({unknown[:3]})")
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    # a value naming a file whose name is not UTF-8 (a dataset folder) is written with that byte as \xNN
+    header: dict = {"__metadata__": {printable(k): printable(v) for k, v in sorted(metadata.items())}} \
+        if metadata else {}
+    offset = 0
+    for key in order:
+        t = tensors[key]
+        n = t.numel() * t.element_size()
+        header[key] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, order
 
 
 def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
@@ -177,25 +209,22 @@ def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None)
     converted-and-back file would not be byte-identical; the layout here is the library's otherwise
     (tensors by dtype size then name, header padded with spaces to 8 bytes) and the library reads it.
     """
-    bad = sorted(k for k, v in (metadata or {}).items() if not isinstance(v, str))
-    if bad:
-        raise SdLoraError(f"safetensors metadata values must be strings; not strings: {bad}")
-    unknown = sorted(k for k, v in tensors.items() if v.dtype not in _DTYPE_NAMES)
-    if unknown:
-        raise SdLoraError(f"cannot write tensors of dtype {tensors[unknown[0]].dtype} ({unknown[:3]})")
-    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
-    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
-    chunks, offset = [], 0
-    for key in order:
-        t = tensors[key].detach().to("cpu").contiguous()
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[key] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                       "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    prefix, order = header_prefix(tensors, metadata)
+    return prefix + b"".join(tensor_bytes(tensors[key]) for key in order)
+
+
+def read_header(path: str | Path) -> tuple[dict, dict[str, str], int]:
+    """(tensor entries, metadata, where the data starts) of a safetensors file, reading only its header; every
+    check of `read_tensor_file` (truncation, forged shapes, bad metadata) applies."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        head += f.read(min(n, max(0, size - 8)))
+    header = _check_header(path, head, size)
+    metadata = {str(k): str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}
+    return header, metadata, 8 + n
 
 
 def data_region(blob: bytes) -> bytes:
@@ -207,3 +236,8 @@ def data_region(blob: bytes) -> bytes:
 def write_safetensors(path: str | Path, blob: bytes) -> Path:
     """Write already-serialized bytes atomically (temp file + rename)."""
     return atomic_write_bytes(path, blob)
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Serialize `tensors` (+ string metadata) and write them atomically: the one way sd-lora writes a tensor file."""
+    return write_safetensors(path, serialize(tensors, metadata))

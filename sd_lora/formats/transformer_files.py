@@ -24,7 +24,7 @@ from sd_lora.formats.names import canonical_text_encoder_path, dotted
 
 __all__ = ["TRANSFORMER_FAMILIES", "keys_module", "is_transformer_family", "to_community", "from_community",
            "FOREIGN_PREFIXES", "LYCORIS_PREFIX", "full_size_config", "layout", "variant",
-           "module_name"]
+           "module_name", "expected_modules", "checkpoint_layout", "original_targets", "swapped"]
 
 TRANSFORMER_FAMILIES = ("sd3", "flux")
 LYCORIS_PREFIX = "lycoris_"
@@ -95,6 +95,71 @@ def module_name(family: str, config, component: str, path: str) -> str:
             flat = km.DENOISER_PREFIX + name.replace(".", "_")
             return flat if group.sizes is None else f"{flat}:{path.rsplit('.', 1)[-1]}"
     return LYCORIS_PREFIX + path.replace(".", "_")
+
+
+def expected_modules(weights, family: str, config) -> dict[str, int]:
+    """Modules per component a saved file must give back: a fused module cannot show which of its blocks a LoRA
+    with an all-zero up (e.g. untrained, step 0) belongs to, and such a LoRA changes nothing, so it is not
+    counted."""
+    fused_parts = {p for g in keys_module(family).groups(config).values() if g.sizes for p in g.parts}
+    out = {}
+    for component, modules in weights.items():
+        fusing = component == "transformer" and _fusable(modules)
+        out[component] = sum(1 for path, p in modules.items() if not fusing or path not in fused_parts
+                             or bool((p["lora_B"] != 0).any()))
+    return out
+
+
+_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
+
+
+def _indices(names, head: str, tail: str = "") -> list[int]:
+    return sorted({int(k.split(".")[1]) for k in names if k.startswith(head) and k.endswith(tail)})
+
+
+def checkpoint_layout(shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, dict] | None:
+    """(family, key prefix, config) of an original-layout SD3 / FLUX transformer checkpoint, from its names and
+    shapes; None for anything else. The config holds what the module names and row blocks depend on."""
+    for prefix in _CHECKPOINT_PREFIXES:
+        names = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
+        qkv = names.get("joint_blocks.0.x_block.attn.qkv.weight")
+        if qkv is not None:
+            return "sd3", prefix, {
+                "num_layers": _indices(names, "joint_blocks.")[-1] + 1, "num_attention_heads": 1,
+                "attention_head_dim": int(qkv[1]), "dual_attention_layers": _indices(
+                    names, "joint_blocks.", ".x_block.attn2.qkv.weight"),
+                "qk_norm": "rms_norm" if any(".attn.ln_q." in k for k in names) else None}
+        qkv = names.get("double_blocks.0.img_attn.qkv.weight")
+        if qkv is not None:
+            return "flux", prefix, {
+                "num_layers": _indices(names, "double_blocks.")[-1] + 1,
+                "num_single_layers": (_indices(names, "single_blocks.") or [-1])[-1] + 1, "num_attention_heads": 1,
+                "attention_head_dim": int(qkv[1]), "guidance_embeds": "guidance_in.in_layer.weight" in names}
+    return None
+
+
+def original_targets(modules, family: str, config, prefix: str):
+    """({(component, path): (checkpoint key, (first row, end row) or None, swap halves)}, problems) of the
+    modules of an adapter in an original-layout transformer checkpoint."""
+    where = {part: (name, i, g) for name, g in keys_module(family).groups(config).items()
+             for i, part in enumerate(g.parts)}
+    out, problems = {}, []
+    for component, path in modules:
+        if component != "transformer" or path not in where:
+            problems.append(f"{component}.{path}: a transformer-only checkpoint has no such weight")
+            continue
+        name, i, group = where[path]
+        rows = None if group.sizes is None else (sum(group.sizes[:i]), sum(group.sizes[:i + 1]))
+        out[(component, path)] = (prefix + name + ".weight", rows, group.swap_halves)
+    return out, problems
+
+
+def swapped(params: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """A LoRA / DoRA module with its two output halves exchanged (the layouts order shift and scale apart)."""
+    if set(params) - fused.LORA_ONLY:
+        raise SdLoraError(f"{where}: a {'/'.join(sorted(set(params) - fused.LORA_ONLY))} update cannot have its "
+                          "shift and scale halves exchanged exactly; sd-lora cannot bake it into this layout.")
+    return _swapped(params)
 
 
 def _te_name(prefix: str, path: str) -> str:

@@ -22,11 +22,11 @@ from typing import Iterable, Iterator
 import torch
 
 from sd_lora.errors import SdLoraError
+from sd_lora.models.families import family_of_pipeline
 
 __all__ = ["ADAPTER_SUFFIXES", "apply_adapter", "lora_hash", "AdapterSet"]
 
 ADAPTER_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
-_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 def apply_adapter(pipe, path: str | Path, adapter_name: str, *, family: str | None = None,
@@ -61,14 +61,19 @@ def lora_hash(path: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _tuner_layers(pipe, components: tuple[str, ...] = _COMPONENTS) -> Iterator[torch.nn.Module]:
+def _denoiser(pipe) -> str:
+    return family_of_pipeline(pipe).denoiser
+
+
+def _tuner_layers(pipe, components: tuple[str, ...] | None = None) -> Iterator[torch.nn.Module]:
     yield from (layer for _, layer in _component_layers(pipe, components))
 
 
-def _component_layers(pipe, components: tuple[str, ...] = _COMPONENTS) -> Iterator[tuple[str, torch.nn.Module]]:
+def _component_layers(pipe, components: tuple[str, ...] | None = None) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(component, peft layer) of the denoiser and text encoders (or of `components`)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for component in components:
+    for component in components or tuple(family_of_pipeline(pipe).components(pipe)):
         model = getattr(pipe, component, None)
         if model is not None:
             yield from ((component, m) for m in model.modules() if isinstance(m, BaseTunerLayer))
@@ -186,7 +191,7 @@ class AdapterSet:
         self._set([(self._adapter(e[0], None), *_weights(e)) for e in loras])
 
     def _set(self, entries: list[tuple[str, float, float]]) -> None:
-        names = [e[0] for e in entries]
+        names, denoiser = [e[0] for e in entries], _denoiser(self.pipe)
         for component, layer in _component_layers(self.pipe):
             if not entries:
                 layer.enable_adapters(False)
@@ -194,7 +199,7 @@ class AdapterSet:
             layer.enable_adapters(True)
             layer.set_adapter(names, inference_mode=True)
             for name, te, unet in entries:
-                layer.set_scale(name, unet if component == "unet" else te)
+                layer.set_scale(name, unet if component == denoiser else te)
 
     def supports_mixed(self, file: Path) -> bool:
         """Whether peft can mix this adapter per sample (LoRA layers without DoRA)."""
@@ -225,7 +230,7 @@ class AdapterSet:
             names.append(name)
         self._set([(name, w, w) for name, w in weights.items()])
         handles = [layer.register_forward_pre_hook(_names_hook(names), with_kwargs=True)
-                   for layer in _tuner_layers(self.pipe, ("unet",))]
+                   for layer in _tuner_layers(self.pipe, (_denoiser(self.pipe),))]
         try:
             yield
         finally:

@@ -22,13 +22,15 @@ RECIPE_CHUNK = "sd-lora-recipe"
 
 def _metadata(path: Path, option: str = "--recipe") -> dict[str, str]:
     """The file's metadata; `option` is what the user gave the path with (the error names it)."""
-    from safetensors import safe_open
+    from sd_lora.formats.safetensors_io import read_header
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as e:  # not a safetensors file, or damaged
-        raise SdLoraError(f"{option} {path}: not a readable .safetensors adapter ({e})") from None
+        return read_header(path)[1]
+    except SdLoraError as e:  # not a safetensors file, or damaged: the header checks say which
+        raise SdLoraError(f"{option} {path}: not a readable .safetensors adapter "
+                          f"({str(e).removeprefix(f'{path}: ')})") from None
+    except OSError as e:
+        raise SdLoraError(f"{option} {path}: cannot be read ({e.strerror or e})") from None
 
 
 def read_recipes(path: str | Path) -> list[tuple[dict, Path]]:

@@ -15,8 +15,9 @@ from sd_lora.errors import SdLoraError
 from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
 from sd_lora.models.families import DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
+from sd_lora.models.integrity import require_filled_folder
 
-__all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "inspect_model",
+__all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "known_family", "inspect_model",
            "load_pipeline", "BUILTIN_DIR"]
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
@@ -124,6 +125,15 @@ def native_resolution(pretrained: str, revision: str | None = None) -> int | Non
     except (SdLoraError, OSError, ValueError, KeyError, TypeError, IndexError):
         return None
     return size if size >= 8 and size % 8 == 0 else None
+
+
+def known_family(pretrained: str, family: str | None = None, revision: str | None = None,
+                 allow_pickle: bool = False) -> str | None:
+    """The model's family when it can be read without loading weights (a local model, a cached hub id), else None."""
+    location, is_local = resolve_pretrained(pretrained)
+    if not is_local and not _cached_file(pretrained, "model_index.json", revision):
+        return family
+    return inspect_model(pretrained, family, None, allow_pickle, revision).family
 
 
 def _offline() -> bool:
@@ -261,6 +271,9 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
     index = _read_json(Path(location) / "model_index.json", "model_index.json")
     if quantize:
         kwargs[_denoiser_folder(index)] = _quantized_denoiser(location, _denoiser_folder(index), quantize, torch_dtype)
+    # components the folder was saved without (e.g. SD3 without T5) load as None, as they were saved
+    kwargs.update({name: None for name, value in index.items()
+                   if not name.startswith("_") and isinstance(value, list) and value[0] is None})
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     kwargs.update(options(info.family) if options else {})
@@ -270,4 +283,5 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
         raise SdLoraError(f"model.pretrained: could not load {pretrained!r} from {location}: {e}") from e
     if getattr(pipe, get_family(info.family).denoiser, None) is None or not hasattr(pipe, "vae"):
         raise SdLoraError(f"model.pretrained: {pretrained!r} is not a Stable Diffusion pipeline ({type(pipe).__name__})")
+    require_filled_folder(pipe.components, location)
     return pipe, BaseModelInfo(pretrained, location, info.family, info.prediction_type, is_local)

@@ -23,6 +23,7 @@ import torch
 from sd_lora.errors import SdLoraError
 from sd_lora.models import architectures
 from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE, write_clip_tokenizer, write_tokenizer_dir
+from sd_lora.models.integrity import require_filled
 from sd_lora.models.single_file_configs import (
     METADATA_KEY, PREFIXES, TEXT_ENCODERS, derive_configs, describe_pipeline, detect_checkpoint_family, stored_record,
 )
@@ -210,10 +211,7 @@ def _load_components(sd: dict, root: Path, family: str, configs: dict, torch_dty
             if missing:
                 raise _missing_error(name, missing, where) from e
             raise SdLoraError(f"model.pretrained: could not load the {name} of {where}: {e}") from e
-        # diffusers leaves weights the checkpoint lacks on the meta device instead of failing.
-        missing = [n for n, p in [*parts[name].named_parameters(), *parts[name].named_buffers()] if p.is_meta]
-        if missing:
-            raise _missing_error(name, missing, where)
+        require_filled({name: parts[name]}, where)  # diffusers leaves weights the file lacks on the meta device
     return parts
 
 

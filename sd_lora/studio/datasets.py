@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sd_lora.data.images import IMAGE_EXTENSIONS
 from sd_lora.errors import SdLoraError
-from sd_lora.fileio import atomic_write_bytes
+from sd_lora.fileio import atomic_write_bytes, printable
 
 __all__ = ["Caption", "read_caption", "write_caption", "folder_plan", "images_in", "subfolders", "tag_counts",
-           "replace_tag", "thumbnail", "split_tags"]
+           "replace_tag", "thumbnail", "split_tags", "unaddressable"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -55,11 +55,22 @@ def write_caption(path: Path, text: str) -> Caption:
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir()
+                  if _addressable(p) and p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if _addressable(p) and p.is_dir() and not p.name.startswith("."))
+
+
+def unaddressable(folder: Path) -> list[str]:
+    """Entries whose name is not UTF-8 (surrogate-escaped): no URL can name them, so the page lists them as
+    skipped (printable, bytes as \\xNN) instead of failing to render."""
+    return sorted(printable(p.name) for p in folder.iterdir() if not _addressable(p))
+
+
+def _addressable(path: Path) -> bool:
+    return printable(path.name) == path.name
 
 
 def folder_plan(folder: Path, resolution: int = 512, batch_size: int = 1, repeats: int = 1) -> tuple[str, list[str]]:

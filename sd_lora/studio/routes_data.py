@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from sd_lora.data.images import IMAGE_EXTENSIONS
 from sd_lora.errors import SdLoraError
+from sd_lora.fileio import printable
 from sd_lora.studio import datasets
 
 __all__ = ["router"]
@@ -56,6 +57,11 @@ def router(studio, page) -> APIRouter:
                 plan, warnings = datasets.folder_plan(folder, resolution, batch_size, repeats)
             except SdLoraError as e:
                 warnings = [str(e)]
+        warnings = [printable(w) for w in warnings]
+        odd = datasets.unaddressable(folder)
+        if odd:
+            warnings.append(f"skipped {len(odd)} file(s) or folder(s) whose name is not UTF-8 text (bytes shown as "
+                            f"\\xNN): {', '.join(odd[:20])}; rename them to see them here")
         shown = []
         for image in images[:500]:
             caption = image.with_suffix(extension)

@@ -4,7 +4,9 @@ Every adapter type bakes (LoRA, LoCon, LoHa, LoKr, DoRA) with the arithmetic pef
 unfused: W + w·ΔW, DoRA m·(W + w·s·BA)/‖W + w·s·BA‖, adapters applied in the order given. Two routes:
 - single-file `.safetensors` in and out: the checkpoint is streamed tensor by tensor (read, bake the
   tensors adapters touch, cast, write), so memory holds one tensor, not the model; keys, order and metadata
-  are the input's (`model_ema.*` copies are dropped: they would not carry the adapters);
+  are the input's (`model_ema.*` copies are dropped: they would not carry the adapters); SD3 / FLUX
+  transformer-only files in the original SAI / BFL layout (ComfyUI's diffusion models) bake the same way, each
+  q/k/v (FLUX linear1) block into its rows of the fused tensor;
 - otherwise the pipeline is loaded (diffusers folder, hub id or single file), baked in place and written as a
   single file in the original (ldm / sgm) layout AUTOMATIC1111 and ComfyUI load, or as a diffusers folder.
 Every adapter is checked against the model before anything is written; outputs are written atomically.
@@ -79,13 +81,55 @@ def _free_space(path: Path, need: int) -> None:
                           "free); nothing was written.")
 
 
+def _transformer_plan(path: Path, shapes, layout, loras, family: str | None, allow_pickle: bool):
+    """{checkpoint key: jobs} and counts for a transformer-only SD3 / FLUX file in the original layout (the
+    `diffusion_models` files ComfyUI loads); q/k/v and FLUX's linear1 blocks are row blocks of one tensor."""
+    from sd_lora.formats import transformer_files
+
+    found, prefix, config = layout
+    if family and family != found:
+        raise SdLoraError(f"{path} is an {found} checkpoint, not {family}.")
+    updates: dict[str, list] = {}
+    counts = []
+    for lora, weight in loras:
+        adapter = read_adapter(lora, found, unet_config=config, allow_pickle=allow_pickle)
+        mods = {(c, p): params for c, p, params in adapter.modules()}
+        targets, problems = transformer_files.original_targets(mods, found, config, prefix)
+        for key, (tensor, rows, _) in targets.items():
+            want = module_shape(key[0], key[1], mods[key], found)
+            have = shapes.get(tensor)
+            if have is not None and rows:
+                have = (rows[1] - rows[0], *have[1:])
+            if have is None or tuple(have) != tuple(want):
+                problems.append(f"{key[0]}.{key[1]}: the adapter builds {list(want)}, the checkpoint's {tensor} "
+                                f"is {list(have) if have else 'missing'}")
+        if problems:
+            raise SdLoraError(f"{lora}: {len(problems)} adapter module(s) do not fit the checkpoint:\n  "
+                              + "\n  ".join(problems[:8]) + "\nNothing was written.")
+        for key, (tensor, rows, swap) in targets.items():
+            where = f"{key[0]}.{key[1]}"
+            params = transformer_files.swapped(mods[key], where) if swap else mods[key]
+            updates.setdefault(tensor, []).append((rows, params, weight, where))
+        counts.append((str(lora), weight, len(targets)))
+    return found, updates, counts
+
+
 def _stream_plan(path: Path, loras, family: str | None, allow_pickle: bool):
+    from sd_lora.formats.transformer_files import checkpoint_layout
     from sd_lora.models.single_file import read_checkpoint
     from sd_lora.models.single_file_configs import derive_configs, detect_checkpoint_family, stored_record
 
-    read_checkpoint(path, tensors=False)  # the loader's clear errors for damaged / foreign files
-    header, metadata, start = read_header(path)
+    try:
+        header, metadata, start = read_header(path)
+    except SdLoraError:
+        read_checkpoint(path, tensors=False)  # the loader's clearer error for damaged / foreign files
+        raise
     shapes = {k: tuple(v["shape"]) for k, v in header.items()}
+    layout = checkpoint_layout(shapes)
+    if layout is not None:
+        found, updates, counts = _transformer_plan(path, shapes, layout, loras, family, allow_pickle)
+        return header, start, metadata, found, updates, counts
+    read_checkpoint(path, tensors=False)  # the loader's clear errors for damaged / foreign files
     found = detect_checkpoint_family(dict.fromkeys(shapes), str(path))
     if family and family != found:
         raise SdLoraError(f"{path} is an {found} checkpoint, not {family}.")
@@ -249,6 +293,10 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
     from sd_lora.formats.detect import FAMILY_NAMES, pipeline_family
 
     found = pipeline_family(pipe)
+    if found in ("sd3", "flux"):
+        raise SdLoraError(f"baking into a {FAMILY_NAMES[found]} pipeline or diffusers folder is not supported yet; "
+                          "give the transformer as one original-layout .safetensors file (as ComfyUI loads it) and "
+                          "a .safetensors output. Nothing was written.")
     if family and family != found:
         raise SdLoraError(f"{model}: is an {FAMILY_NAMES[found]} model, not {FAMILY_NAMES[family]}; "
                           "nothing was written.")

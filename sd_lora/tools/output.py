@@ -136,6 +136,9 @@ def _read_back(tmp: Path, path: Path, weights: AdapterWeights, written: dict[str
     if wrong:
         raise SdLoraError(f"{path}: the written file does not read back as written ({len(wrong)} module(s), e.g. "
                           f"{wrong[:3]}); it was not kept.")
+    if transformer_files.is_transformer_family(family):
+        # shapes-only reading splits a fused module into all its blocks, also the untrained ones (zero rows)
+        return {c: len(m) for c, m in weights.items()}
     return {c: len(m) for c, m in back.items()}
 
 

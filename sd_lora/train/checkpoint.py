@@ -11,6 +11,7 @@ marker is incomplete and never resumed; `latest` is the newest complete state of
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
 
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import atomic_write_text, give_umask_modes
+from sd_lora.formats.safetensors_io import read_tensor_file, write_tensors
 
 __all__ = ["TrainingState", "install_adapter_only_hooks", "checkpoint_dir", "find_checkpoint", "prune",
-           "run_fingerprint", "save_state", "check_fingerprint", "load_matching_state", "MARKER"]
+           "run_fingerprint", "save_state", "check_fingerprint", "load_matching_state", "MARKER", "learning_settings",
+           "FINGERPRINT_SECTIONS", "check_state_files"]
 
 _STEP_DIR = re.compile(r"step-(\d+)$")
 MARKER = "sd_lora_state.json"
@@ -58,8 +60,7 @@ def install_adapter_only_hooks(accelerator, names: list[str]) -> None:
         for name, model in zip(names, models):
             state = get_peft_model_state_dict(accelerator.unwrap_model(model))
             if accelerator.is_main_process:
-                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                          str(Path(output_dir) / f"adapter_{name}.safetensors"))
+                write_tensors(Path(output_dir) / f"adapter_{name}.safetensors", state)
         weights.clear()  # nothing else of the models is written
 
     def load_hook(models, input_dir):
@@ -68,7 +69,7 @@ def install_adapter_only_hooks(accelerator, names: list[str]) -> None:
             if not path.is_file():
                 raise SdLoraError(f"train.resume: {input_dir} has no {path.name}; it is not a state of this run's "
                                   "network (was train_text_encoder changed?)")
-            result = set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(path)))
+            result = set_peft_model_state_dict(accelerator.unwrap_model(model), read_tensor_file(path)[0])
             if getattr(result, "unexpected_keys", None):
                 raise SdLoraError(f"train.resume: {path} does not match this network "
                                   f"(unexpected {result.unexpected_keys[:3]}…)")
@@ -82,34 +83,40 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step-{step:06d}"
 
 
+# the config sections whose settings decide what a state holds; every field counts unless its declaration says
+# `resume="free"` (sd_lora.config.fields.option): it may change between a run and its resume
+FINGERPRINT_SECTIONS = ("model", "network", "train")
+
+
+def learning_settings(section) -> dict:
+    """{field: value} of every field of config dataclass `section` that changes what is learned, as JSON values."""
+    return {f.name: json.loads(json.dumps(getattr(section, f.name))) for f in dataclasses.fields(section)
+            if f.metadata.get("resume") != "free"}
+
+
 def run_fingerprint(cfg, scan) -> dict:
-    """What a state must share with the run that resumes it: base model, network shape, data, seed, learning setup."""
-    n, t = cfg.network, cfg.train
+    """What a state must share with the run that resumes it: the learning settings of each section in
+    FINGERPRINT_SECTIONS, and the data (each image's name, caption and size, each subset's repeats)."""
     data = hashlib.sha256()
     for subset in scan.subsets:
         data.update(f"{subset.spec.num_repeats}|{subset.spec.is_reg}\n".encode())
         for r in sorted(subset.records, key=lambda r: r.path.name):
-            data.update(f"{r.path.name}|{r.caption}|{r.width}x{r.height}\n".encode())
-    return {
-        "base model": f"{cfg.model.pretrained}@{cfg.model.revision}" if cfg.model.revision else cfg.model.pretrained,
-        "network": {"type": n.type, "rank": n.rank, "alpha": n.alpha, "conv_rank": n.conv_rank,
-                    "conv_alpha": n.conv_alpha, "dora": n.dora, "rslora": n.rslora, "preset": n.preset,
-                    "unet_targets": n.unet_targets, "unet_target_regex": n.unet_target_regex,
-                    "train_text_encoder": n.train_text_encoder, "text_encoder_targets": n.text_encoder_targets,
-                    "lokr_factor": n.lokr_factor, "block_dims": n.block_dims, "conv_block_dims": n.conv_block_dims,
-                    "block_alphas": n.block_alphas, "conv_block_alphas": n.conv_block_alphas,
-                    **_method_keys(n)},
-        "dataset": data.hexdigest()[:16],
-        "seed": t.seed,
-        "optimizer": t.optimizer,
-    }
+            # surrogateescape: a file name that is not UTF-8 hashes as its bytes on disk (os.fsencode)
+            data.update(f"{r.path.name}|{r.caption}|{r.width}x{r.height}\n".encode("utf-8", "surrogateescape"))
+    return {**{name: learning_settings(getattr(cfg, name)) for name in FINGERPRINT_SECTIONS},
+            "dataset": data.hexdigest()[:16]}
 
 
-def _method_keys(network) -> dict:
-    """The keys of the methods that have their own (only for them, so older LoRA states still match)."""
-    from sd_lora.adapters import method_options
-
-    return {key: getattr(network, key) for key in method_options(network.type)}
+def _saved_section(saved: dict, name: str) -> dict:
+    """A section of a state's marker; states saved before sections were recorded whole kept a few keys apart."""
+    if isinstance(saved.get(name), dict):
+        return saved[name]
+    if name == "model" and "base model" in saved:
+        pretrained, _, revision = str(saved["base model"]).partition("@")
+        return {"pretrained": pretrained, **({"revision": revision} if revision else {})}
+    if name == "train":
+        return {k: saved[k] for k in ("seed", "optimizer") if k in saved}
+    return {}
 
 
 # network fields that decide the tensors' names and shapes: train.resume_ignore_mismatch cannot override these
@@ -119,19 +126,19 @@ _SHAPE = ("type", "rank", "conv_rank", "dora", "preset", "unet_targets", "unet_t
 
 
 def check_fingerprint(state: Path, saved: dict, current: dict, ignore_mismatch: bool) -> list[str]:
-    """Refuse a state saved by a different run, naming each difference; return the differences overridden."""
+    """Refuse a state saved by a different run, naming each difference; return the differences overridden.
+    A setting the state does not record (saved before that field existed) is not compared."""
     diffs = []
-    for key in current:
-        if key == "network":
-            for name, value in current[key].items():
-                if saved.get(key, {}).get(name) != value:
-                    diffs.append((f"network.{name}", saved.get(key, {}).get(name), value))
-        elif saved.get(key) != current[key]:
-            diffs.append((key, saved.get(key), current[key]))
+    for key, value in current.items():
+        if isinstance(value, dict):
+            old = _saved_section(saved, key)
+            diffs += [(f"{key}.{name}", old[name], v) for name, v in value.items() if name in old and old[name] != v]
+        elif key in saved and saved[key] != value:
+            diffs.append((key, saved[key], value))
     if not diffs:
         return []
     listed = "\n  ".join(f"{name}: state {old!r}, this run {new!r}" for name, old, new in diffs)
-    fixed = [d for d in diffs if d[0].removeprefix("network.") in _SHAPE]
+    fixed = [d for d in diffs if d[0].startswith("network.") and d[0].removeprefix("network.") in _SHAPE]
     if ignore_mismatch and not fixed:
         return [f"{name}: state {old!r}, this run {new!r}" for name, old, new in diffs]
     hint = ("the network's shape cannot be changed on resume; train it from scratch (remove train.resume) or use a "
@@ -197,12 +204,47 @@ def load_matching_state(accelerator, output_dir: str | Path, resume: str, finger
         accelerator.print(f"note: skipped the incomplete state {incomplete} (its save was interrupted)")
     for difference in check_fingerprint(path, marker, fingerprint, ignore_mismatch):
         accelerator.print(f"note: resuming despite a difference (train.resume_ignore_mismatch): {difference}")
+    check_state_files(path, output_dir)
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, ValueError, KeyError, OSError, EOFError) as e:
         raise SdLoraError(f"train.resume: could not load the state {path}: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return path
+
+
+_RANDOM_STATES = "random_states_0.pkl"  # accelerate's RNG state of process 0: it skips a bad one without a word
+
+
+def check_state_files(path: Path, output_dir: str | Path) -> None:
+    """Every tensor file of the state at `path` is whole (safetensors header and size, torch's zip archives with
+    their checksums), so a file cut short (disk full, a copy interrupted) is one error naming it and what to do,
+    never a traceback, and never a resume that silently skips the random state."""
+    import zipfile
+
+    problems = []
+    if not (path / _RANDOM_STATES).is_file():
+        problems.append((path / _RANDOM_STATES, "missing"))
+    for file in sorted(path.iterdir()):
+        try:
+            if file.suffix == ".safetensors":
+                read_tensor_file(file)
+            elif file.suffix in (".bin", ".pkl", ".pt"):
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    problems.append((file, f"its entry {bad} fails its checksum"))
+        except SdLoraError as e:
+            problems.append((file, str(e).removeprefix(f"{file}: ")))
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            problems.append((file, f"not a whole archive ({e}): cut short or damaged"))
+    if not problems:
+        return
+    others = [p for _, p in _checkpoints(output_dir) if p != path and read_marker(p) is not None]
+    listed = "\n  ".join(f"{file.name}: {why}" for file, why in problems)
+    choice = f"set train.resume to another state (e.g. {others[-1]})" if others else "no other state is left"
+    raise SdLoraError(f"train.resume: the state {path} is damaged and cannot be resumed:\n  {listed}\n"
+                      f"{choice}, or start fresh: remove train.resume and run with --overwrite (or a new output.dir)")
 
 
 def read_marker(path: Path) -> dict | None:

@@ -37,11 +37,17 @@ def plan_for(cfg, scan, num_processes: int = 1):
 def print_plan(cfg) -> None:
     from sd_lora.data import format_plan, scan_dataset
     from sd_lora.models.load import describe_source
+    from sd_lora.train.memory_plan import dry_run_lines
+    from sd_lora.train.precision import with_resolved_precision
 
     scan = scan_dataset(cfg.data)
     for warning in scan.warnings:
         print(f"warning: {warning}")
     print(format_plan(plan_for(cfg, scan)))
+    cfg, precision_line = with_resolved_precision(cfg)
+    print(precision_line)
+    for line in dry_run_lines(cfg, scan):
+        print(line)
     print(f"Model: {describe_source(cfg.model.pretrained, cfg.model.revision)} · network: {_network(cfg.network)} "
           f"({cfg.network.preset}) · output: {cfg.output.dir}/{cfg.output.name}.safetensors")
 

@@ -35,12 +35,14 @@ from sd_lora.models.families import get_family, settings_problems
 from sd_lora.models.fp8 import apply_weight_storage, storage_dtype
 from sd_lora.models.load import describe_source, load_pipeline
 from sd_lora.adapters.dropout import install_lora_dropout
-from sd_lora.train import checkpoint, memory, preflight, speed, trackers
+from sd_lora.train import checkpoint, fused_backward, memory, preflight, speed, trackers
 from sd_lora.train.block_swap import BlockSwapper
 from sd_lora.train.caches import setup_caches, text_cache_settings, validation_loss
 from sd_lora.train.objectives import build_objective
 from sd_lora.train.ema import AdapterEMA, rounded_to
-from sd_lora.train.facts import training_facts
+from sd_lora.train.facts import RunFacts, training_facts
+from sd_lora.train.memory_plan import with_resolved_checkpointing
+from sd_lora.train.precision import with_resolved_precision
 from sd_lora.train.optim import block_lr_weight, build_lr_scheduler, build_optimizer, param_groups, set_optimizer_mode
 from sd_lora.train.progress import Progress
 from sd_lora.train.signals import StopSignals
@@ -84,6 +86,7 @@ class LoRARecipe:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         preflight.check_environment(self.cfg)
+        self.cfg, self.precision_line = with_resolved_precision(self.cfg, preflight.needs_cpu_process_group())
         self._setup_accelerator()
         self._setup_output_dir()
         self._setup_data_scan()  # an empty dataset fails in milliseconds, and the plan shows, before any model loads
@@ -123,6 +126,7 @@ class LoRARecipe:
             for warning in self.scan.warnings:
                 print(f"warning: {warning}")
             print(format_plan(plan_for(self.cfg, self.scan, self.accelerator.num_processes)))
+            print(self.precision_line)
 
     def _setup_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -182,7 +186,10 @@ class LoRARecipe:
             self.accelerator.print(apply_cpu_threads(t.cpu_threads, sum(p.numel() for p in self.denoiser.parameters())))
         if t.attention == "xformers":
             self.denoiser.enable_xformers_memory_efficient_attention()
-        if t.gradient_checkpointing:
+        self.cfg, line = with_resolved_checkpointing(self.cfg, {self.family.denoiser: self.denoiser, "vae": self.vae, **dict(
+            zip(self.text_encoder_names, self.text_encoders))}, device, self.family.name)
+        self.accelerator.print(line)
+        if self.cfg.train.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
             if self.cfg.network.train_text_encoder:
                 for te in self.text_encoders:  # transformers 5 renamed it (the old name warns)
@@ -307,6 +314,8 @@ class LoRARecipe:
         placement = [not (self.block_swapper and model is self.denoiser) for model in self.trained] + [True]
         prepared = self.accelerator.prepare(*self.trained, self.optimizer, device_placement=placement)
         self.trained, self.optimizer = list(prepared[:-1]), prepared[-1]
+        if t.fused_backward:  # each parameter stepped in backward; train_step's step() then finds no gradient
+            fused_backward.install(self.optimizer, self.accelerator.num_processes, t.mixed_precision, self.cfg.network.type)
         # Built on the prepared optimiser (torch warns when step() is wrapped after the schedule exists) and
         # stepped by us once per optimiser step (accelerate would step it once per process).
         self.lr_scheduler = build_lr_scheduler(self.optimizer, t, self.max_steps)
@@ -583,10 +592,18 @@ class LoRARecipe:
 
         o = self.cfg.output
         components = {name: self.accelerator.unwrap_model(model) for name, model in zip(self.component_names, self.trained)}
-        with self._as_saved():
+        with self._as_saved():  # the facts (sample records) describe the weights as saved
+            run = RunFacts(
+                self.family.name, self.prediction_type, self.model_info.name, self.model_info.location,
+                self.state.global_step, self.state.epoch, self.max_steps, self.steps_per_epoch, len(self.dataloader),
+                self.dataloader.dataset, len(self.val_dataloader.dataset) if self.val_dataloader is not None else 0,
+                self.accelerator.num_processes, bool(getattr(getattr(self, "cache_choice", None), "latents", False)),
+                getattr(self, "started_at", None), getattr(self, "finished_at", None),
+                getattr(self, "init_weights", None), self.rank_budget,
+                self.sample_records(self.state.global_step) if self.cfg.sample.prompts else None)
             return save_adapter(path, components, self.family.name, unet_config=dict(self.denoiser.config),
                                 save_precision=_DTYPES[o.save_precision], format=o.format,
-                                metadata=community_metadata(training_facts(self)))
+                                metadata=community_metadata(training_facts(self.cfg, self.scan, run)))
 
     def save(self) -> TrainResult:
         o = self.cfg.output

@@ -18,7 +18,9 @@ def tracker_name(log_with: str) -> str | None:
 def init_trackers(accelerator, cfg, out_dir: Path) -> None:
     from sd_lora.config.load import dump_dict
 
-    flat = {f"{s}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
+    from sd_lora.fileio import printable
+
+    flat = {f"{s}.{k}": v if isinstance(v, (int, float, bool)) else printable(str(v))
             for s, values in dump_dict(cfg).items() for k, v in values.items()}
     logs = out_dir / "logs"  # wandb's run folder goes beside TensorBoard's, not into the CWD
     logs.mkdir(parents=True, exist_ok=True)

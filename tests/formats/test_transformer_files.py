@@ -366,3 +366,52 @@ def test_a_fused_dora_module_splits_by_rows(tmp_path):
     with torch.no_grad():
         got = torch.cat([named[f"transformer_blocks.1.attn.add_{x_}_proj"](x) for x_ in "qkv"], dim=1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_an_untrained_adapter_saves_and_changes_nothing(tmp_path, family):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    comps = th.models(family)
+    targets = th.ATTENTION + th.TE_TARGETS + th.T5_TARGETS
+    for model in comps.values():
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=targets), model)
+    report = save_adapter(tmp_path / "zero.safetensors", comps, family, unet_config=comps["transformer"].config)
+    assert report.complete  # peft starts every up at zero: nothing to apply for the fused transformer modules
+    fresh = th.models(family)
+    applied = apply_adapter_file(th.pipe_of(fresh), tmp_path / "zero.safetensors", "z")
+    assert applied.modules["text_encoder"] > 0
+
+
+def test_unet_files_in_the_shared_layouts_are_not_taken_for_transformers():
+    from sd_lora.formats.detect import guess_family
+
+    down = torch.zeros(4, 320)
+    assert guess_family({"lycoris_down_blocks_0_attentions_0_proj_in.lora_down.weight": down}, {})[0] is None
+    assert guess_family({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": down},
+                        {})[0] == "sdxl"
+    assert guess_family({"lycoris_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(4, 3072)},
+                        {})[0] == "flux"
+    assert guess_family({"lycoris_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(4, 2432)},
+                        {})[0] == "sd3"
+
+
+def test_a_flux_file_on_an_sd3_pipeline_is_one_clear_error_and_changes_nothing(tmp_path):
+    trained = th.adapt({"transformer": th.transformer("flux")})
+    save_adapter(tmp_path / "flux.safetensors", trained, "flux", unet_config=trained["transformer"].config)
+    sd3 = {"transformer": th.transformer("sd3")}
+    with pytest.raises(SdLoraError, match=r"(?s)SD3 pipeline; the keys look like FLUX\.1.*lora_unet_double_blocks_"
+                                          r".*Nothing was changed"):
+        apply_adapter_file(th.pipe_of(sd3), tmp_path / "flux.safetensors", "f")
+    assert not hasattr(sd3["transformer"], "peft_config")
+
+
+def test_the_transformer_config_decides_the_architecture_over_given_metadata(tmp_path):
+    from sd_lora.formats import community_metadata
+
+    model = th.transformer("flux")  # guidance embedding: dev
+    trained = th.adapt({"transformer": model})
+    given = community_metadata({"family": "flux", "model_variant": "flux-schnell", "output_name": "x"})
+    save_adapter(tmp_path / "a.safetensors", trained, "flux", unet_config=model.config, metadata=given)
+    meta = load_adapter_file(tmp_path / "a.safetensors").metadata
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora" and meta["ss_output_name"] == "x"

@@ -98,6 +98,18 @@ def dry_run(folder: Path, cwd: Path, *extra, prefix=()):
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """`tiny0/` and `tiny1/`: the SD1 folders `sd-lora make-tiny --seed 0|1` writes, made once in-process (the
+    cases that need a model folder are not about make-tiny's process; copy one to change it)."""
+    from sd_lora.models.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    for seed in (0, 1):
+        save_tiny_pipeline(root / f"tiny{seed}", family="sd1", seed=seed)
+    return root
+
+
+@pytest.fixture(scope="session")
 def adapter_files(tmp_path_factory):
     """Tiny adapter files made once: an SD1 LoRA and DoRA for builtin:tiny, a tiny SDXL model folder and a
     LoRA for it (UNet only; random non-zero up weights so each one changes the image)."""

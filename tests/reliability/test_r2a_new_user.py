@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -21,15 +22,15 @@ def validate(tmp_path, *sets):
 
 
 # ---- class 10: --validate -------------------------------------------------------------------------------------
-def test_a_mistyped_local_model_path_is_not_taken_for_a_hub_id(tmp_path):
-    assert_ok(run_cli("make-tiny", tmp_path / "models" / "tiny-sd1", cwd=tmp_path))
+def test_a_mistyped_local_model_path_is_not_taken_for_a_hub_id(tmp_path, tiny_models):
+    shutil.copytree(tiny_models / "tiny0", tmp_path / "models" / "tiny-sd1")
     result = validate(tmp_path, "model.pretrained=models/tiny-sdx")
     assert_user_error(result, "train", "models/tiny-sdx' does not exist", "did you mean", "tiny-sd1")
     assert "config OK" not in result.stdout
 
 
-def test_an_existing_local_model_folder_validates(tmp_path):
-    assert_ok(run_cli("make-tiny", tmp_path / "models" / "tiny-sd1", cwd=tmp_path))
+def test_an_existing_local_model_folder_validates(tmp_path, tiny_models):
+    shutil.copytree(tiny_models / "tiny0", tmp_path / "models" / "tiny-sd1")
     result = validate(tmp_path, "model.pretrained=models/tiny-sd1")
     assert_ok(result)
     assert f"model: diffusers folder {tmp_path / 'models' / 'tiny-sd1'}" in result.stdout
@@ -175,13 +176,15 @@ def test_generate_uses_the_size_the_adapter_was_trained_at(tmp_path, adapter_fil
     save_file(load_file(str(adapter_files["sdxl"])), str(lora),
               metadata={"ss_resolution": "(32, 32)", "ss_clip_skip": "1", "ss_base_model_version": "sdxl_base_v1-0"})
     model = str(adapter_files["sdxl_model"])
-    assert_ok(run_cli("generate", "--model", model, "--lora", lora, "--prompt", "a cat", "--steps", "1", "--seed", "1",
-                      "--out", "a", cwd=tmp_path))
+    from sd_lora.cli.main import main  # in-process: the case is about the size chosen, not the process
+
+    assert main(["generate", "--model", model, "--lora", str(lora), "--prompt", "a cat", "--steps", "1", "--seed",
+                 "1", "--out", str(tmp_path / "a")]) == 0
     assert Image.open(next((tmp_path / "a").glob("*.png"))).size == (32, 32)
     native = json.loads((Path(model) / "unet" / "config.json").read_text())["sample_size"] * 2 ** (
         len(json.loads((Path(model) / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
-    assert_ok(run_cli("generate", "--model", model, "--prompt", "a cat", "--steps", "1", "--seed", "1", "--out", "b",
-                      cwd=tmp_path))
+    assert main(["generate", "--model", model, "--prompt", "a cat", "--steps", "1", "--seed", "1", "--out",
+                 str(tmp_path / "b")]) == 0
     assert Image.open(next((tmp_path / "b").glob("*.png"))).size == (native, native)
 
 

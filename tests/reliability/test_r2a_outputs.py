@@ -29,11 +29,8 @@ def assert_kept_and_only(before: dict[str, str], folder: Path, *new: str) -> Non
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    for seed in (0, 1):
-        assert_ok(run_cli("make-tiny", root / f"tiny{seed}", "--seed", seed, cwd=root))
-    return root
+def models(tiny_models):
+    return tiny_models
 
 
 def test_train_writes_only_its_outputs(tmp_path, dataset):

@@ -94,3 +94,63 @@ def test_extract_recovers_low_rank_differences_of_two_transformers(tmp_path, fam
     assert sorted(got) == sorted(f"transformer.{p}" for p in changed)
     for path in changed:
         torch.testing.assert_close(got[f"transformer.{path}"], truth[path], rtol=0, atol=1e-4)
+
+
+def test_resize_reports_the_modules_it_wrote(tmp_path):
+    trained = th.adapt({"transformer": th.transformer("flux")}, "lora", ["to_q", "to_k", "to_v"])
+    save_adapter(tmp_path / "a.safetensors", trained, "flux", unet_config=trained["transformer"].config)
+    report = resize_adapter(tmp_path / "a.safetensors", tmp_path / "b.safetensors", rank=2)
+    assert report.written.modules == {"transformer": 2 * 3 + 2 * 3}  # q/k/v of 2 double and 2 single blocks
+
+
+@pytest.mark.parametrize("family, prefix", [("sd3", "model.diffusion_model."), ("flux", "")])
+def test_bake_into_an_original_layout_transformer_file(tmp_path, family, prefix):
+    """Each kohya module's update, computed from the file's own fused tensors, lands in the checkpoint tensor of
+    that name; everything else is copied unchanged."""
+    from sd_lora.formats.transformer_files import keys_module
+    from sd_lora.tools import bake_adapters
+
+    trained = th.adapt({"transformer": th.transformer(family)}, "lora", th.EVERYTHING)
+    model = trained["transformer"]
+    lora = tmp_path / "lora.safetensors"
+    save_adapter(lora, trained, family, unet_config=model.config, save_precision=torch.float32)
+    shapes = {n: tuple(m.weight.shape) for n, m in th.transformer(family).named_modules() if hasattr(m, "weight")
+              and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    g = torch.Generator().manual_seed(9)
+    checkpoint = {}
+    for name, group in keys_module(family).groups(model.config).items():
+        first = shapes[group.parts[0]]
+        rows = sum(shapes[p][0] for p in group.parts)
+        checkpoint[f"{prefix}{name}.weight"] = torch.randn(rows, *first[1:], generator=g)
+    extra = f"{prefix}{'joint_blocks.0.x_block.attn.ln_q.weight' if family == 'sd3' else 'img_in.bias'}"
+    checkpoint[extra] = torch.randn(8, generator=g)
+    save_file(checkpoint, tmp_path / "base.safetensors")
+    bake_adapters(tmp_path / "base.safetensors", [f"{lora}:0.7"], tmp_path / "baked.safetensors",
+                  save_precision="fp32")
+    baked, adapter = load_file(tmp_path / "baked.safetensors"), load_file(lora)
+    assert set(baked) == set(checkpoint) and torch.equal(baked[extra], checkpoint[extra])
+    touched = 0
+    for key, base in checkpoint.items():
+        name = "lora_unet_" + key[len(prefix):-len(".weight")].replace(".", "_")
+        if f"{name}.lora_down.weight" not in adapter:
+            torch.testing.assert_close(baked[key], base, rtol=0, atol=0)
+            continue
+        down, up = adapter[f"{name}.lora_down.weight"], adapter[f"{name}.lora_up.weight"]
+        delta = (up.flatten(1) @ down.flatten(1)).reshape(base.shape) * float(adapter[f"{name}.alpha"]) / len(down)
+        torch.testing.assert_close(baked[key], base + 0.7 * delta, rtol=0, atol=1e-5, msg=key)
+        touched += 1
+    assert touched == len({k.split(".")[0] for k in adapter})
+
+
+def test_bake_into_a_flux_pipeline_is_refused_clearly(tmp_path):
+    import types
+
+    from sd_lora.errors import SdLoraError
+    from sd_lora.tools import bake_adapters
+
+    trained = th.adapt({"transformer": th.transformer("flux")})
+    save_adapter(tmp_path / "a.safetensors", trained, "flux", unet_config=trained["transformer"].config)
+    pipe = types.SimpleNamespace(transformer=th.transformer("flux"))
+    with pytest.raises(SdLoraError, match="not supported yet.*original-layout"):
+        bake_adapters(pipe, [f"{tmp_path / 'a.safetensors'}:1"], tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

@@ -125,6 +125,10 @@ class Family:
     def num_blocks(self, denoiser_config) -> int:
         return 0
 
+    def save_tiny(self, out_dir, seed: int = 0, words=()):
+        """Write a tiny random model of this family as a diffusers folder (offline, seconds); returns the folder."""
+        raise NotImplementedError(f"no tiny {self.name} model")
+
     def block_names(self, denoiser_config) -> list[str]:
         return [str(i) for i in range(self.num_blocks(denoiser_config))]
 

@@ -84,6 +84,11 @@ class SD3(Family):
     def target_presets(self) -> dict[str, list[str]]:
         return SD3_PRESETS
 
+    def save_tiny(self, out_dir, seed: int = 0, words=()):
+        from sd_lora.models.tiny_transformers import build_tiny_sd3
+
+        return build_tiny_sd3(out_dir, variant="sd3.5", seed=seed, words=words)
+
     def dead_targets(self, denoiser_config) -> set[str]:
         # the last joint block only feeds the image stream: its context queries reach nothing
         return {f"transformer_blocks.{self.num_blocks(denoiser_config) - 1}.attn.add_q_proj"}

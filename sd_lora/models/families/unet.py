@@ -42,6 +42,11 @@ class UNetFamily(Family):
     def target_presets(self) -> dict[str, list[str]]:
         return UNET_PRESETS
 
+    def save_tiny(self, out_dir, seed: int = 0, words=()):
+        from sd_lora.models.tiny import save_tiny_pipeline
+
+        return save_tiny_pipeline(out_dir, family=self.name, seed=seed, words=words)
+
     def block_index(self, module_name, denoiser_config) -> int | None:
         per = denoiser_config["layers_per_block"] if isinstance(denoiser_config, dict) else denoiser_config.layers_per_block
         return block_index(module_name, per if isinstance(per, int) else per[0])
