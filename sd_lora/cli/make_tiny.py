@@ -1,4 +1,4 @@
-"""`sd-lora make-tiny DIR [--family sd1|sd2|sdxl|sd3|...]`: a tiny random model of a family, offline, in seconds."""
+"""`sd-lora make-tiny DIR [--family sd1|sd2|sdxl|sd3|flux]`: a tiny random model of a family, offline, in seconds."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from sd_lora.cli.main import main
 from sd_lora.models.load import inspect_model
 
 
-@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+@pytest.mark.parametrize("family", ["sd2", "sdxl", "flux"])
 def test_make_tiny_writes_a_loadable_model(tmp_path, family):
     assert main(["make-tiny", str(tmp_path / "m"), "--family", family]) == 0
     assert inspect_model(str(tmp_path / "m")).family == family

@@ -126,6 +126,11 @@ class Flux(Family):
     def target_presets(self) -> dict[str, list[str]]:
         return FLUX_PRESETS
 
+    def save_tiny(self, out_dir, seed: int = 0, words=()):
+        from sd_lora.models.tiny_transformers import build_tiny_flux
+
+        return build_tiny_flux(out_dir, variant="dev", seed=seed, words=words)
+
     def dead_targets(self, denoiser_config) -> set[str]:
         # the final projection is named like the single blocks' proj_out, which the MLP presets mean
         return {"proj_out"}
