@@ -25,6 +25,7 @@ from sd_lora.inference.adapters import AdapterSet
 from sd_lora.inference.prompts import SEED_MAX, LoraRef, check_weight, parse_prompt
 from sd_lora.inference.schedulers import scheduler_name
 from sd_lora.models.families import family_of_pipeline
+from sd_lora.models.fp8 import compute_dtype
 
 __all__ = ["GenerationRequest", "UsedLora", "GeneratedImage", "check_requests", "generate_images", "iter_images",
            "sweep_requests"]
@@ -195,7 +196,7 @@ def _encode(pipe, job: _Job, cfg: bool) -> dict[str, torch.Tensor | None]:
         if family.zero_negative(pipe, r.negative_prompt):
             neg.hidden_states = torch.zeros_like(pos.hidden_states)
             neg.pooled = None if pos.pooled is None else torch.zeros_like(pos.pooled)
-    return family.pipeline_embeds(pos, neg, denoiser.dtype)
+    return family.pipeline_embeds(pos, neg, compute_dtype(denoiser))
 
 
 def _unet_context(jobs: list[_Job], adapters: AdapterSet | None):

@@ -25,7 +25,8 @@ from torch import nn
 
 from sd_lora.errors import SdLoraError
 
-__all__ = ["STORAGE_DTYPES", "StorageReport", "CastLinear", "CastConv2d", "apply_weight_storage", "storage_dtype"]
+__all__ = ["STORAGE_DTYPES", "StorageReport", "CastLinear", "CastConv2d", "apply_weight_storage", "storage_dtype",
+           "compute_dtype"]
 
 STORAGE_DTYPES = {
     "fp8_e4m3fn": torch.float8_e4m3fn,
@@ -160,3 +161,12 @@ def apply_weight_storage(model: nn.Module, dtype: str, compute_dtype: torch.dtyp
         module.compute_dtype = compute_dtype
         report.layers += 1
     return report
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype `model` computes in: its converted layers' compute dtype, else its parameters' (`model.dtype`
+    would name the storage dtype of the first converted weight)."""
+    for module in model.modules():
+        if isinstance(module, (CastLinear, CastConv2d)):
+            return module.compute_dtype
+    return next(model.parameters()).dtype

@@ -155,3 +155,15 @@ def test_exported_file_loads_completely_and_generates_mixed_with_another(tiny_fl
     base, first, mixed = image([]), image([("one", 5.0)]), image([("one", 5.0), ("two", 5.0)])
     assert base.shape == (32, 32, 3) and np.isfinite(mixed).all()
     assert np.abs(first - base).max() > 0 and np.abs(mixed - first).max() > 0
+
+
+def test_samples_render_with_fp8_storage_and_swapped_blocks(tiny_flux_dir, tiny_dataset, tmp_path):
+    from PIL import Image
+
+    result = run_training(_cfg(tiny_flux_dir, tiny_dataset, tmp_path / "o", train={"max_steps": 2, "blocks_to_swap": 2},
+                               model={"weight_dtype": "fp8_e4m3fn"},
+                               sample={"every_n_steps": 2, "prompts": ["a red square"], "steps": 2,
+                                       "guidance_scale": 3.5, "scheduler": "Euler"}))
+    image = np.asarray(Image.open(tmp_path / "o" / "samples" / "step-000002" / "00.png"))
+    assert image.shape == (32, 32, 3) and image.std() > 0
+    assert result.coverage.applied == result.coverage.trained
