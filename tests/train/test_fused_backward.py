@@ -23,7 +23,7 @@ def fresh_accelerate():
 
 
 def _trained(recipe) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in recipe.unet.named_parameters() if p.requires_grad}
+    return {n: p.detach().clone() for n, p in recipe.denoiser.named_parameters() if p.requires_grad}
 
 
 def _run(tiny_sd1_dir, data, out, **train):
@@ -61,7 +61,7 @@ def test_the_step_happens_inside_backward(tiny_sd1_dir, tiny_dataset, tmp_path):
         loss.backward()  # no optimizer.step() call: the hooks did it
         after = _trained(recipe)
         assert sum(not torch.equal(before[n], after[n]) for n in before) == len(before)  # every parameter moved
-        assert all(p.grad is None for p in recipe.unet.parameters())  # each gradient dropped once applied
+        assert all(p.grad is None for p in recipe.denoiser.parameters())  # each gradient dropped once applied
     finally:
         recipe.cleanup()
 

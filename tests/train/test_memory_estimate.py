@@ -103,7 +103,7 @@ def test_the_recipe_resolves_auto_from_the_free_memory(tiny_sd1_dir, tiny_datase
     try:
         recipe.setup()
         assert f"memory: gradient checkpointing {'on' if on else 'off'} [auto: " in capsys.readouterr().out
-        assert recipe.unet.is_gradient_checkpointing is on and recipe.cfg.train.gradient_checkpointing is on
+        assert recipe.denoiser.is_gradient_checkpointing is on and recipe.cfg.train.gradient_checkpointing is on
         recipe.train()
         assert len(recipe.losses) == 4
     finally:

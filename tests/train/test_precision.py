@@ -68,8 +68,8 @@ def test_the_default_runs_what_auto_picked_and_the_plan_says_why(tiny_sd1_dir, t
         out = capsys.readouterr().out
         assert f"precision: {says}, fp32 adapters [auto: " in out
         assert ("avx512_bf16" in out) == bool(features)
-        frozen = {p.dtype for p in recipe.unet.parameters() if not p.requires_grad}
-        trained = {p.dtype for p in recipe.unet.parameters() if p.requires_grad}
+        frozen = {p.dtype for p in recipe.denoiser.parameters() if not p.requires_grad}
+        trained = {p.dtype for p in recipe.denoiser.parameters() if p.requires_grad}
         assert frozen == {dtype} and trained == {torch.float32}
         assert recipe.cfg.train.mixed_precision == ("bf16" if features else "no")  # what the saved config records
     finally:
@@ -82,7 +82,7 @@ def test_step_zero_under_bf16_is_the_base_model(tiny_sd1_dir, tiny_dataset, tmp_
     base = load_pipeline(str(tiny_sd1_dir))[0].unet.eval()
     recipe = _setup(tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "o", train={"mixed_precision": "bf16"}))
     try:
-        recipe.unet.eval()
+        recipe.denoiser.eval()
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, base.config.in_channels, 4, 4, generator=g)
         context = torch.randn(2, 77, base.config.cross_attention_dim, generator=g)
@@ -90,7 +90,7 @@ def test_step_zero_under_bf16_is_the_base_model(tiny_sd1_dir, tiny_dataset, tmp_
         with torch.no_grad():
             expected = base(x, t, context).sample
             with recipe.accelerator.autocast():
-                got = recipe.unet(x.to(torch.bfloat16), t, context.to(torch.bfloat16)).sample.float()
+                got = recipe.denoiser(x.to(torch.bfloat16), t, context.to(torch.bfloat16)).sample.float()
         assert not torch.equal(got, expected)  # bf16 did run
         # bf16 keeps 8 bits of mantissa: relative error per element ~2^-8, a few roundings deep
         assert (got - expected).abs().max() <= 0.03 * expected.abs().max()
@@ -109,7 +109,7 @@ def _losses_and_delta(tiny_sd1_dir, data, out, mixed_precision):
     try:
         recipe.train()
         deltas = {}
-        for name, module in recipe.unet.named_modules():
+        for name, module in recipe.denoiser.named_modules():
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
                 deltas[name] = (module.lora_B["default"].weight @ module.lora_A["default"].weight).detach().float()
         return torch.tensor(recipe.losses), deltas
