@@ -2,6 +2,7 @@
 
     python scripts/flux_memory.py               # (a) the analytic tables (meta device, seconds)
     flock /tmp/heavy.lock python scripts/flux_memory.py --measure   # (b) + the measurement (needs 18 GiB free)
+    flock /tmp/heavy.lock python scripts/flux_memory.py --measure --blocks-only   # (b) without the full build
 
 (a) builds the full-size FLUX.1 transformer (and T5-XXL, CLIP-L) on the meta device and counts bytes: bf16,
 fp8 (frozen Linear weights 1 byte, the rest bf16, as sd_lora.models.fp8 stores them) and nf4 (bitsandbytes
@@ -11,8 +12,9 @@ blocks on the device at once).
 (b) materialises the full transformer with random weights directly in float8, layer by layer (never a bf16
 copy of the model), adds LoRA rank 16 on the attention projections, and measures peak RSS: after building,
 and over a 512 px forward + backward (1024 image + 512 text tokens, batch 1) of one double-stream and one
-single-stream block; then the same block's output with fp8 against a bf16 build of that block (same random
-values before rounding). The whole 57-block step is not run here: its time on this 2-core CPU is printed.
+single-stream block (each built alone, fp8 storage, computed in fp32: see COMPUTE); then the same block's
+output with fp8 against a bf16 build of that block (same random values before rounding). The whole 57-block
+step is not run here: its time on this 2-core CPU is printed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ ATTENTION = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "ad
 GIB = 2**30
 NF4 = 0.5 + 4 / 64  # bytes per Linear weight: 4-bit code + fp32 absmax per 64-weight block
 NF4_DQ = 0.5 + 1 / 64 + 4 / (64 * 256)  # double quantisation: 8-bit absmax + fp32 per 256 absmax
+# Compute dtype of the measurement: this CPU (AVX2, no AVX-512 BF16/AMX) multiplies bf16 matrices at 0.4
+# GFLOP/s against 75 in fp32 (1536x3072 @ 3072x3072, one core), so the blocks run in fp32 here; a GPU runs bf16.
+COMPUTE = torch.float32
 OPTIONS = {"bf16": None, "fp8": 1.0, "nf4": NF4, "nf4+dq": NF4_DQ}
 
 
@@ -148,7 +153,8 @@ def _random(shape, generator, dtype) -> torch.Tensor:
 
 def _materialise(module: nn.Module, seed: int, linear_dtype: torch.dtype) -> None:
     """Replace `module`'s meta tensors by random ones, one tensor at a time: Linear weights straight into
-    `linear_dtype`, norm scales 1, biases 0, the rest bf16. The same seed gives the same values before rounding."""
+    `linear_dtype`, norm scales 1, biases 0, the rest (small) in COMPUTE. The same seed gives the same values
+    before rounding."""
     generator = torch.Generator().manual_seed(seed)
     for sub in module.modules():
         for name, p in list(sub._parameters.items()):
@@ -157,11 +163,11 @@ def _materialise(module: nn.Module, seed: int, linear_dtype: torch.dtype) -> Non
             if type(sub) is nn.Linear and name == "weight":
                 value = _random(p.shape, generator, linear_dtype)
             elif name == "bias":
-                value = torch.zeros(p.shape, dtype=torch.bfloat16)
+                value = torch.zeros(p.shape, dtype=COMPUTE)
             elif "norm" in type(sub).__name__.lower():
-                value = torch.ones(p.shape, dtype=torch.bfloat16)
+                value = torch.ones(p.shape, dtype=COMPUTE)
             else:
-                value = _random(p.shape, generator, torch.bfloat16)
+                value = _random(p.shape, generator, COMPUTE)
             sub._parameters[name] = nn.Parameter(value, requires_grad=False)
         for name, b in list(sub._buffers.items()):
             if b is not None and b.device.type == "meta":
@@ -169,88 +175,106 @@ def _materialise(module: nn.Module, seed: int, linear_dtype: torch.dtype) -> Non
 
 
 def _block_inputs(generator):
-    from diffusers.models.embeddings import FluxPosEmbed
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 
     img, txt, dim = 1024, 512, 3072  # 512 px: 64x64 latents packed 2x2 -> 32x32 tokens; T5 max length 512
     ids = torch.cat([torch.zeros(txt, 3), torch.stack(torch.meshgrid(
         torch.zeros(1), torch.arange(32.0), torch.arange(32.0), indexing="ij"), -1).reshape(-1, 3)])
     rope = FluxPosEmbed(theta=10000, axes_dim=list(FLUX_DEV["axes_dims_rope"]))(ids)
     # both block kinds take the two streams; the inputs carry gradients as in a block behind adapted ones
-    return dict(hidden_states=(_random((1, img, dim), generator, torch.bfloat16) * 50).requires_grad_(),
-                encoder_hidden_states=(_random((1, txt, dim), generator, torch.bfloat16) * 50).requires_grad_(),
-                temb=_random((1, dim), generator, torch.bfloat16) * 50, image_rotary_emb=rope)
+    return dict(hidden_states=(_random((1, img, dim), generator, COMPUTE) * 50).requires_grad_(),
+                encoder_hidden_states=(_random((1, txt, dim), generator, COMPUTE) * 50).requires_grad_(),
+                temb=_random((1, dim), generator, COMPUTE) * 50, image_rotary_emb=rope)
 
 
 def _block_step(block: nn.Module, backward: bool = True):
     inputs = _block_inputs(torch.Generator().manual_seed(7))
     start = time.perf_counter()
-    out = block(**inputs)
-    out = torch.cat([o.flatten() for o in (out if isinstance(out, tuple) else (out,))])
-    if backward:
-        out.float().square().mean().backward()
+    with torch.set_grad_enabled(backward):
+        out = block(**inputs)
+        out = torch.cat([o.flatten() for o in (out if isinstance(out, tuple) else (out,))])
+        if backward:
+            out.square().mean().backward()
     return out.detach(), time.perf_counter() - start
 
 
-def measure() -> None:
+def _block(double: bool, linear_dtype: torch.dtype, storage: str | None, lora: bool) -> nn.Module:
+    """The first double or single block of the full-size model, its Linear weights drawn into `linear_dtype`
+    (the same values before rounding whatever the dtype) and stored as `storage`, optionally with LoRA."""
     from peft import LoraConfig, inject_adapter_in_model
 
     from sd_lora.models.fp8 import apply_weight_storage
 
+    model = _meta_flux()
+    name = "transformer_blocks" if double else "single_transformer_blocks"
+    block = getattr(model, name)[0]
+    _materialise(block, 1000 * _child_index(model, name), linear_dtype)
+    block.requires_grad_(False)
+    if storage:
+        apply_weight_storage(block, storage, COMPUTE)
+    if lora:
+        inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=ATTENTION), block)
+    return block
+
+
+def _build_fp8_transformer():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from sd_lora.models.fp8 import apply_weight_storage
+
+    model = _meta_flux()
+    for i, (name, sub) in enumerate(model.named_children()):
+        for j, part in enumerate(sub if isinstance(sub, nn.ModuleList) else [sub]):
+            _materialise(part, 1000 * i + j, torch.float8_e4m3fn)
+    model.requires_grad_(False)
+    report = apply_weight_storage(model, "fp8_e4m3fn", COMPUTE)
+    inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=ATTENTION), model)
+    return model, report
+
+
+def measure(blocks_only: bool) -> None:
     free = _available_gib()
     print(f"MemAvailable {free:.1f} GiB")
-    if free < 18:
-        print("not measured: fewer than 18 GiB available (the fp8 transformer alone takes ~11 GiB plus the steps)")
+    if free < (6 if blocks_only else 18):
+        print("not measured: too little memory available (the fp8 transformer alone takes ~11 GiB plus the steps)")
         return
-    torch.manual_seed(0)
-    _reset_peak()
-    rss0, _ = _rss_gib()
-    model = _meta_flux()
-    start = time.perf_counter()
-    for i, sub in enumerate(model.children()):
-        if isinstance(sub, nn.ModuleList):
-            for j, block in enumerate(sub):
-                _materialise(block, 1000 * i + j, torch.float8_e4m3fn)
-        else:
-            _materialise(sub, 1000 * i, torch.float8_e4m3fn)
-    model.requires_grad_(False)
-    report = apply_weight_storage(model, "fp8_e4m3fn", torch.bfloat16)
-    inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=ATTENTION), model)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    gc.collect()
-    rss, peak = _rss_gib()
-    print(f"built in {time.perf_counter() - start:.0f} s: {report}; RSS {rss - rss0:.2f} GiB above the "
-          f"interpreter, peak {peak - rss0:.2f} GiB (no bf16 copy of the model at any time)")
     torch.set_num_threads(2)
-    rows = []
-    for double, block in ((True, model.transformer_blocks[0]), (False, model.single_transformer_blocks[0])):
+    rss0, _ = _rss_gib()
+    if not blocks_only:
+        _reset_peak()
+        start = time.perf_counter()
+        model, report = _build_fp8_transformer()
+        gc.collect()
+        rss, peak = _rss_gib()
+        print(f"built the transformer in {time.perf_counter() - start:.0f} s, materialised in fp8 one layer at a "
+              f"time ({report.layers} Linear layers): RSS {rss - rss0:.2f} GiB above the interpreter, peak "
+              f"{peak - rss0:.2f} GiB")
+        del model
+        gc.collect()
+    rows = {}
+    for double in (True, False):
+        kind = "double" if double else "single"
+        block = _block(double, torch.float8_e4m3fn, "fp8_e4m3fn", lora=True)
+        gc.collect()
         _reset_peak()
         before, _ = _rss_gib()
         out8, seconds = _block_step(block)
         _, peak = _rss_gib()
-        rows.append((double, peak - before, seconds, out8))
-        print(f"{'double' if double else 'single'} block, 512 px forward+backward: +{peak - before:.2f} GiB peak "
-              f"RSS over the built model, {seconds:.1f} s")
-    # the bf16 builds of the same two blocks from the same seeds (the values fp8 rounded)
-    for double, _, _, out8 in rows:
-        reference = _meta_flux()
-        name = "transformer_blocks" if double else "single_transformer_blocks"
-        blocks = getattr(reference, name)
-        _materialise(blocks[0], 1000 * _child_index(reference, name), torch.bfloat16)
-        blocks[0].requires_grad_(False)
-        with torch.no_grad():
-            out16, _ = _block_step(blocks[0], backward=False)
-        err = ((out8.float() - out16.float()).norm() / out16.float().norm()).item()
-        print(f"{'double' if double else 'single'} block output, fp8 vs bf16 weights: relative L2 error {err:.4f}")
-        del reference, blocks
-    step_s = 19 * rows[0][2] + 38 * rows[1][2]
-    print(f"\nfull 57-block step without checkpointing ~{step_s / 60:.0f} min on this CPU (sum of the block "
-          f"timings; not run). Full-step peak RSS estimate with gradient checkpointing: the built model "
-          f"{rss - rss0:.2f} GiB + saved block inputs ~{_checkpoint_inputs_gib():.2f} GiB + one block's "
-          f"recompute (the larger block row above) = "
-          f"{rss - rss0 + _checkpoint_inputs_gib() + max(r[1] for r in rows):.1f} GiB; without checkpointing "
-          f"~{rss - rss0 + 19 * rows[0][1] + 38 * rows[1][1]:.0f} GiB (every block's activations kept).")
+        rows[kind] = (peak - before, seconds)
+        print(f"{kind} block, 512 px forward+backward (fp8 storage, {str(COMPUTE)[6:]} compute, LoRA r16): "
+              f"+{peak - before:.2f} GiB peak RSS over the built block, {seconds:.1f} s")
+        del block
+        outs = {}
+        for label, dtype, storage in (("bf16", torch.bfloat16, "bf16"), ("fp32", torch.float32, None)):
+            outs[label], _ = _block_step(_block(double, dtype, storage, lora=False), backward=False)
+        err = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+        print(f"{kind} block output: fp8 vs bf16 weights relative L2 error {err(out8, outs['bf16']):.4f} "
+              f"(bf16 vs fp32 weights: {err(outs['bf16'], outs['fp32']):.4f})")
+    inputs = _checkpoint_inputs_gib()
+    print(f"\nestimate of a full 512 px step's peak with gradient checkpointing per block: the built transformer + "
+          f"saved block inputs {inputs:.2f} GiB ({str(COMPUTE)[6:]}) + one block's recompute "
+          f"(+{max(r[0] for r in rows.values()):.2f} GiB above); bf16 activations take half. Time on this CPU "
+          f"without checkpointing ~{(19 * rows['double'][1] + 38 * rows['single'][1]) / 60:.0f} min (not run).")
 
 
 def _child_index(model, name) -> int:
@@ -258,18 +282,20 @@ def _child_index(model, name) -> int:
 
 
 def _checkpoint_inputs_gib() -> float:
-    # bf16 inputs each checkpointed block keeps: double blocks 1024 + 512 tokens, single blocks 1536, width 3072
-    return (19 + 38) * 1536 * 3072 * 2 / GIB
+    # the inputs each checkpointed block keeps: 1024 image + 512 text tokens of width 3072
+    return (19 + 38) * 1536 * 3072 * COMPUTE.itemsize / GIB
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--measure", action="store_true", help="also build the fp8 transformer and measure RSS")
+    parser.add_argument("--blocks-only", action="store_true",
+                        help="with --measure: build only one double and one single block (minutes less)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, max RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB\n")
     analytic()
     if args.measure:
-        measure()
+        measure(args.blocks_only)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def main() -> None:
     for name, fn in ops.items():
         print(f"| {name} | {_try(fn)} |")
     big = torch.randn(3072, 3072)
-    print(f"\nCast speed ({torch.get_num_threads()} threads), a 3072x3072 weight (one FLUX attention projection):\n")
+    print(f"\nCast speed ({torch.get_num_threads()} thread(s)), a 3072x3072 weight (one FLUX attention projection):\n")
     print("| cast | ms |\n|---|---|")
     for name, src, dst in (("fp8_e4m3fn -> bf16", big.to(torch.float8_e4m3fn), torch.bfloat16),
                            ("fp8_e4m3fn -> fp32", big.to(torch.float8_e4m3fn), torch.float32),
