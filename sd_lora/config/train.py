@@ -22,23 +22,23 @@ class TrainConfig:
     max_steps: int = _f(1000, "Optimiser steps to train for (ignored when max_epochs is set).", resume="free")
     max_epochs: int | None = _f(None, "Train for this many passes over the data instead of max_steps.", resume="free")
     batch_size: int = _f(1, "Images per step per process (before gradient accumulation).")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated into one optimiser step.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches accumulated into one optimiser step.", resume="free")
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "lion", "adamw_schedulefree", "came"] = _f(
         "adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt), adafactor (transformers), "
         "lion (lion-pytorch; use ~3-10x lower lr), adamw_schedulefree (schedulefree; no LR decay needed), "
         "came (came-pytorch).")
-    learning_rate: float = _f(1e-4, "Learning rate (for prodigy use 1.0: it adapts the step size itself).")
-    unet_lr: float | None = _f(None, "Learning rate of the UNet adapters (default: learning_rate).")
-    text_encoder_lr: float | None = _f(None, "Learning rate of the text-encoder adapters (default: learning_rate).")
-    loraplus_lr_ratio: float | None = _f(None, "LoRA+: B matrices learn this many times faster than A (e.g. 16).")
+    learning_rate: float = _f(1e-4, "Learning rate (for prodigy use 1.0: it adapts the step size itself).", resume="free")
+    unet_lr: float | None = _f(None, "Learning rate of the UNet adapters (default: learning_rate).", resume="free")
+    text_encoder_lr: float | None = _f(None, "Learning rate of the text-encoder adapters (default: learning_rate).", resume="free")
+    loraplus_lr_ratio: float | None = _f(None, "LoRA+: B matrices learn this many times faster than A (e.g. 16).", resume="free")
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                           "polynomial"] = _f("constant", "Learning-rate schedule (diffusers' get_scheduler). "
-                                                         "constant with lr_warmup_steps > 0 warms up first.")
-    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to the learning rate.")
-    lr_scheduler_num_cycles: int = _f(1, "cosine_with_restarts: number of hard restarts.")
-    lr_scheduler_power: float = _f(1.0, "polynomial: power of the decay.")
-    weight_decay: float = _f(1e-2, "Weight decay.")
-    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 disables clipping).")
+                                                         "constant with lr_warmup_steps > 0 warms up first.", resume="free")
+    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to the learning rate.", resume="free")
+    lr_scheduler_num_cycles: int = _f(1, "cosine_with_restarts: number of hard restarts.", resume="free")
+    lr_scheduler_power: float = _f(1.0, "polynomial: power of the decay.", resume="free")
+    weight_decay: float = _f(1e-2, "Weight decay.", resume="free")
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 disables clipping).", resume="free")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _f(
         "auto", "Mixed precision: the frozen base runs in this dtype, adapter weights stay fp32. 'auto': bf16 where "
         "the hardware runs it natively (CUDA compute capability >= 8.0, CPUs with AMX-BF16 or AVX-512 BF16), fp16 "

@@ -13,6 +13,7 @@ import json
 import struct
 
 from sd_lora.errors import SdLoraError
+from sd_lora.fileio import printable
 from sd_lora.formats.safetensors_io import serialize
 
 __all__ = [
@@ -66,8 +67,20 @@ def _float(x) -> str:
     return str(float(x))
 
 
+def _text_tree(x):
+    """`x` with every string valid Unicode: a folder name that is not UTF-8 (surrogate-escaped) shows its byte as
+    \\xNN, so the JSON stays valid text (escaping afterwards would break the JSON)."""
+    if isinstance(x, str):
+        return printable(x)
+    if isinstance(x, dict):
+        return {_text_tree(k): _text_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_text_tree(v) for v in x]
+    return x
+
+
 def _json(x) -> str:
-    return json.dumps(x, ensure_ascii=False, sort_keys=True)
+    return json.dumps(_text_tree(x), ensure_ascii=False, sort_keys=True)
 
 
 def _timestamp(x) -> str:
@@ -247,7 +260,7 @@ def community_metadata(info: dict) -> dict[str, str]:
 
 def _kohya_str(x) -> str:
     """kohya's own formatting: str() of the value ("None", "True", "0.1"), JSON for tables ("null" for none)."""
-    return json.dumps(x) if isinstance(x, (dict, list)) else str(x)
+    return json.dumps(_text_tree(x)) if isinstance(x, (dict, list)) else str(x)
 
 
 def model_hash(blob: bytes) -> str:

@@ -35,6 +35,32 @@ def run_cli(*args, cwd: Path, prefix: list[str] = (), timeout: float = 120) -> s
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=cli_env(Path(cwd)), timeout=timeout)
 
 
+def run_main(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI's `main()` in this process, in `cwd`, with its stdout and stderr captured: for cases about what a
+    command does rather than about its process (no interpreter start, no torch import per call). An exception
+    that escapes `main()` is printed as a traceback into the captured stderr, as the interpreter would."""
+    import contextlib
+    import io
+    import traceback
+
+    from sd_lora.cli.main import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 2
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def assert_user_error(result: subprocess.CompletedProcess, command: str, *needles: str, code: int = 2) -> str:
     """Exit `code`, no traceback, exactly one `sd-lora COMMAND: error:` message holding every needle."""
     err = result.stderr

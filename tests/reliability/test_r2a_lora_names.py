@@ -1,6 +1,7 @@
 """Round 2 (A), class 3: adapter names written in prompts (`<lora:NAME:W>`) and prompt files resolve only inside
 `--lora-dir` (no `..`, absolute path, `~` or link out of it), before the model loads; errors about a file that is
-not an adapter never echo its contents."""
+not an adapter never echo its contents. The CLI runs in-process (`run_main`): these cases are about name resolution
+and messages, not about the process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import struct
 
 import pytest
 
-from tests.reliability.conftest import assert_ok, assert_user_error, run_cli
+from tests.reliability.conftest import assert_ok, assert_user_error, run_main
 
 SECRET = b"password=hunter2 and more private text"
 
@@ -27,7 +28,7 @@ def folders(tmp_path, adapter_files):
 
 
 def generate(cwd, *args):
-    return run_cli("generate", "--model", "builtin:tiny", "--steps", "1", "--out", "out", "--lora-dir", "loras",
+    return run_main("generate", "--model", "builtin:tiny", "--steps", "1", "--out", "out", "--lora-dir", "loras",
                    *args, cwd=cwd)
 
 
@@ -60,7 +61,7 @@ def test_a_tag_never_resolves_to_the_current_folder(folders):
     shutil.copy(folders / "secret" / "x.safetensors", folders / "x.safetensors")
     refused_before_loading(generate(folders, "--prompt", "a cat <lora:x:1>"), "'x' not found in loras",
                            "LoRAs there: style")
-    result = run_cli("generate", "--model", "builtin:tiny", "--steps", "1", "--out", "out", "--prompt",
+    result = run_main("generate", "--model", "builtin:tiny", "--steps", "1", "--out", "out", "--prompt",
                      "a cat <lora:x:1>", cwd=folders)
     refused_before_loading(result, "give --lora-dir")
 
@@ -81,7 +82,7 @@ def test_a_non_adapter_file_is_never_echoed(folders, name, flags):
     number = str(struct.unpack("<Q", SECRET[:8])[0])
     for command in (["inspect", path, *flags], ["generate", "--model", "builtin:tiny", "--steps", "1", "--out", "out",
                                                 "--lora", path, "--prompt", "a cat", *flags]):
-        result = run_cli(*command, cwd=folders)
+        result = run_main(*command, cwd=folders)
         message = assert_user_error(result, command[0], str(path))
         for leak in ("password", "hunter2", "private", number, "operand"):
             assert leak not in message, (leak, message)
