@@ -39,7 +39,7 @@ def layout_config(family: str, metadata: dict[str, str], unet_config=None, names
         return metadata_json(metadata[LAYOUT_KEY], f"metadata {LAYOUT_KEY!r}")
     if transformer_files.is_transformer_family(family):
         return transformer_files.full_size_config(family, list(names))
-    from sd_lora.models.architectures import unet_config as full_size
+    from sd_lora.models.families.unet_architectures import unet_config as full_size
 
     return unet_layout(full_size(family))
 

@@ -210,7 +210,7 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
         elif sched_path.is_file():
             detected_pred = _read_json(sched_path, "scheduler config").get("prediction_type", "epsilon")
     elif is_local:
-        from sd_lora.models.single_file import inspect_single_file
+        from sd_lora.models.families.unet_single_file import inspect_single_file
 
         detected_family, detected_pred = inspect_single_file(location, family=family, prediction_type=prediction_type,
                                                              allow_pickle=allow_pickle)
@@ -254,12 +254,12 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
     if not is_local:
         location = download_hub_model(pretrained, revision)
     if Path(location).is_file():
-        from sd_lora.models.single_file import load_single_file_pipeline
+        from sd_lora.models.families.unet_single_file import load_single_file_pipeline
 
         if quantize:
             raise SdLoraError(
                 "model.quantize: not supported for single-file checkpoints; convert the checkpoint to a diffusers "
-                "directory first, offline: python -c \"from sd_lora.models.single_file import load_single_file_pipeline "
+                "directory first, offline: python -c \"from sd_lora.models.families.unet_single_file import load_single_file_pipeline "
                 "as f; f('MODEL.safetensors')[0].save_pretrained('MODEL_DIR')\" and set model.pretrained to that folder")
         pipe, fam = load_single_file_pipeline(location, family=family, prediction_type=prediction_type,
                                               torch_dtype=torch_dtype, allow_pickle=allow_pickle)

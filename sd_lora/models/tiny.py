@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sd_lora.models.architectures import scheduler_config
+from sd_lora.models.families.unet_architectures import scheduler_config
 
 __all__ = ["build_tiny_pipeline", "save_tiny_pipeline", "write_tokenizer_files"]
 

@@ -116,8 +116,8 @@ def _transformer_plan(path: Path, shapes, layout, loras, family: str | None, all
 
 def _stream_plan(path: Path, loras, family: str | None, allow_pickle: bool):
     from sd_lora.formats.transformer_files import checkpoint_layout
-    from sd_lora.models.single_file import read_checkpoint
-    from sd_lora.models.single_file_configs import derive_configs, detect_checkpoint_family, stored_record
+    from sd_lora.models.families.unet_single_file import read_checkpoint
+    from sd_lora.models.families.unet_single_file_configs import derive_configs, detect_checkpoint_family, stored_record
 
     try:
         header, metadata, start = read_header(path)
@@ -304,7 +304,7 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
     pipe.to(dtype)
     _free_space(output, _pipeline_size(pipe, dtype))
     if single_out:
-        from sd_lora.models.single_file import save_single_file
+        from sd_lora.models.families.unet_single_file import save_single_file
 
         try:
             save_single_file(pipe, output, found)
