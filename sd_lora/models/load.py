@@ -14,7 +14,7 @@ from sd_lora.config.sources import MODEL_FILE_SUFFIXES, looks_like_path
 from sd_lora.errors import SdLoraError
 from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
-from sd_lora.models.families import DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
+from sd_lora.models.families import DEFAULT_FAMILY, DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
 
 __all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "known_family", "inspect_model",
            "load_pipeline", "BUILTIN_DIR"]
@@ -190,7 +190,7 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
     loading weights. A hub id is read from the Hugging Face cache when it is there; otherwise it gets the
     overrides or sd1/epsilon until `load_pipeline` has downloaded it."""
     location, is_local = resolve_pretrained(pretrained)
-    detected_family, detected_pred = "sd1", "epsilon"
+    detected_family, detected_pred = DEFAULT_FAMILY, "epsilon"
     root = Path(location) if is_local else None
     if not is_local:
         cached = _cached_file(pretrained, "model_index.json", revision)

@@ -19,12 +19,13 @@ from sd_lora.models.families.sd3 import SD3
 from sd_lora.models.families.sdxl import SDXL
 
 __all__ = ["Family", "ModelParts", "FAMILIES", "FAMILY_NAMES", "DENOISER_FOLDERS", "get_family", "detect_family",
-           "family_of_pipeline", "settings_problems"]
+           "family_of_pipeline", "settings_problems", "DEFAULT_FAMILY"]
 
 # most specific first: detection takes the first family that recognises a model
 _ORDER: tuple[type[Family], ...] = (SD3, SDXL, SD2, SD1)
 FAMILIES: dict[str, Family] = {cls.name: cls() for cls in _ORDER}
 FAMILY_NAMES = {name: f.title for name, f in FAMILIES.items()}
+DEFAULT_FAMILY = SD1.name  # assumed for a hub id not yet downloaded, and the tiny models' default
 DENOISER_FOLDERS = tuple(dict.fromkeys(f.denoiser for f in FAMILIES.values()))
 
 

@@ -119,3 +119,8 @@ class Family:
 
     def block_names(self, denoiser_config) -> list[str]:
         return [str(i) for i in range(self.num_blocks(denoiser_config))]
+
+    # ---- what the file formats, tools and tiny models ask (s6-layer)
+    def build_tiny(self, seed: int = 0, words=(), tmp_dir=None):
+        """A tiny random pipeline of this family in memory (offline, seconds)."""
+        raise NotImplementedError(f"no in-memory tiny {self.name} pipeline; use save_tiny")

@@ -47,6 +47,11 @@ class UNetFamily(Family):
 
         return save_tiny_pipeline(out_dir, family=self.name, seed=seed, words=words)
 
+    def build_tiny(self, seed: int = 0, words=(), tmp_dir=None):
+        from sd_lora.models.families.unet_tiny import build_tiny_unet_pipeline
+
+        return build_tiny_unet_pipeline(self.name, seed=seed, words=words, tmp_dir=tmp_dir)
+
     def block_index(self, module_name, denoiser_config) -> int | None:
         per = denoiser_config["layers_per_block"] if isinstance(denoiser_config, dict) else denoiser_config.layers_per_block
         return block_index(module_name, per if isinstance(per, int) else per[0])
