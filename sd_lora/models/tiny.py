@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from sd_lora.models.families import DEFAULT_FAMILY
 
 __all__ = ["build_tiny_pipeline", "save_tiny_pipeline", "write_tokenizer_files"]
