@@ -23,6 +23,7 @@ from sd_lora.formats.diffusers_format import METADATA_KEY, from_diffusers, to_di
 from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, serialize_with_hashes, unet_layout
 from sd_lora.formats.names import module_to_community
 from sd_lora.formats.safetensors_io import metadata_json, read_tensor_file
+from sd_lora.models.families import file_family
 
 __all__ = ["CONVERT_KEY", "TARGETS", "convert_state", "convert_file", "layout_config"]
 
@@ -112,7 +113,7 @@ def convert_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], to
     config = layout_config(family, metadata, unet_config)
     convert = _to_diffusers if to == "diffusers" else _to_community
     out, meta = convert(tensors, metadata, family, config)
-    if family == "sdxl" and LAYOUT_KEY not in meta:
+    if file_family(family).community_naming == "sgm" and LAYOUT_KEY not in meta:  # names depend on the layout
         meta[LAYOUT_KEY] = json.dumps(unet_layout(config), sort_keys=True)
     return out, meta
 

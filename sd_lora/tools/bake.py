@@ -291,9 +291,10 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
     else:
         pipe = model
     from sd_lora.formats.detect import FAMILY_NAMES, pipeline_family
+    from sd_lora.models.families import file_family
 
     found = pipeline_family(pipe)
-    if found in ("sd3", "flux"):
+    if not file_family(found).bakes_to_single_file:
         raise SdLoraError(f"baking into a {FAMILY_NAMES[found]} pipeline or diffusers folder is not supported yet; "
                           "give the transformer as one original-layout .safetensors file (as ComfyUI loads it) and "
                           "a .safetensors output. Nothing was written.")
