@@ -1,5 +1,9 @@
 """The model-family layer: one module per family (sd1, sd2, sdxl, sd3), each a `Family` subclass.
 
+UNet-family internals live here too (`unet_*.py`: single files, the original layout, full-size architectures, tiny
+models, file recognisers), as do the transformer families' key naming (`sd3_keys`, `flux_keys`) and file
+recognisers (`transformer_detect`).
+
 Everything outside this folder asks a family object what differs (components, conditioning, the denoiser call,
 the training objective, targets, blocks, refused settings) and never compares family names.
 
