@@ -41,7 +41,7 @@ def _full_size(family):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sd_lora.models import architectures
+    from sd_lora.models.families import unet_architectures as architectures
 
     with torch.device("meta"):
         tes = [(CLIPTextModelWithProjection if family == "sdxl" and i == 1 else CLIPTextModel)(CLIPTextConfig(**c))
@@ -55,7 +55,7 @@ def make_lora(path: Path, family: str, rank: int, seed: int) -> None:
     """A random `full`-preset LoRA (UNet incl. 3x3 convs + text encoders), fp16, written by sd-lora's writer."""
     import torch
 
-    from sd_lora.models import architectures
+    from sd_lora.models.families import unet_architectures as architectures
     from sd_lora.tools.extract import target_modules
     from sd_lora.tools.output import write_adapter
 
@@ -79,7 +79,7 @@ def make_sd1_models(base: Path, tuned: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sd_lora.models import architectures
+    from sd_lora.models.families import unet_architectures as architectures
     from sd_lora.models.clip_vocab import write_clip_tokenizer
 
     torch.manual_seed(0)
@@ -106,7 +106,7 @@ def make_sdxl_checkpoint(path: Path) -> None:
     """A full-size SDXL original-layout single file (fp16, random), written tensor by tensor."""
     import torch
 
-    from sd_lora.models.original_layout import pipeline_to_original
+    from sd_lora.models.families.unet_original_layout import pipeline_to_original
 
     unet, vae, tes = _full_size("sdxl")
     from types import SimpleNamespace

@@ -64,7 +64,7 @@ def build_random_sd1(dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sd_lora.models.architectures import scheduler_config, text_encoder_configs, unet_config, vae_config
+    from sd_lora.models.families.unet_architectures import scheduler_config, text_encoder_configs, unet_config, vae_config
     from sd_lora.models.tiny import write_tokenizer_files
 
     torch.manual_seed(0)

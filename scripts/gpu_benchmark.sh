@@ -41,7 +41,7 @@ from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLP
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 import sd_lora.train.recipe as recipe_mod
 from sd_lora.config.load import config_from_dict
-from sd_lora.models.architectures import scheduler_config, text_encoder_configs, unet_config, vae_config
+from sd_lora.models.families.unet_architectures import scheduler_config, text_encoder_configs, unet_config, vae_config
 from sd_lora.models.load import BaseModelInfo
 from sd_lora.models.tiny import write_tokenizer_files
 import sys; sys.path.insert(0, "scripts")

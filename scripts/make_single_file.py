@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sd_lora.models.load import detect_family  # noqa: E402
-from sd_lora.models.single_file import load_single_file_pipeline, save_single_file  # noqa: E402
+from sd_lora.models.families.unet_single_file import load_single_file_pipeline, save_single_file  # noqa: E402
 from sd_lora.models.tiny import build_tiny_pipeline  # noqa: E402
 
 

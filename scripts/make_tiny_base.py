@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sd_lora.models.architectures import scheduler_config  # noqa: E402
+from sd_lora.models.families.unet_architectures import scheduler_config  # noqa: E402
 from sd_lora.models.shapes import (  # noqa: E402
     PALETTE, SHAPES, autoencoder_sample, corpus_sample, corpus_words, dominant_shape_colour,
 )

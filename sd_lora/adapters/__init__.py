@@ -36,9 +36,9 @@ def adapter_spec(network, model: torch.nn.Module, component: str, *, presets: di
     denoiser = not component.startswith("text_encoder")
     if denoiser:
         if presets is None or block_index is None:
-            from sd_lora.models.families import get_family
+            from sd_lora.models.families import DEFAULT_FAMILY, get_family
 
-            unet = get_family("sd1")
+            unet = get_family(DEFAULT_FAMILY)
             presets = presets or unet.target_presets()
             block_index = block_index or (lambda path: unet.block_index(path, model.config))
         targets = resolve_targets(model, component, preset=network.preset, suffixes=network.unet_targets,

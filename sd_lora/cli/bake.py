@@ -6,6 +6,8 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
+    from sd_lora.models.families import FAMILY_CHOICES
+
     p = subparsers.add_parser(name, help="merge adapters into a base model's weights and write a checkpoint")
     p.add_argument("--model", required=True, help="base: single .safetensors file, diffusers folder or hub id")
     p.add_argument("--lora", action="append", required=True, metavar="FILE[:WEIGHT]",
@@ -13,7 +15,7 @@ def add_parser(subparsers, name: str) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="OUT.safetensors: one file in the original (ldm/sgm) layout; a folder: diffusers format")
     p.add_argument("--save-precision", choices=["fp16", "bf16", "fp32"], default="fp16")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl"], help="check the model is of this family")
+    p.add_argument("--family", choices=FAMILY_CHOICES, help="check the model is of this family")
     p.add_argument("--allow-pickle", action="store_true", help="read pickled .ckpt files you trust")
 
 

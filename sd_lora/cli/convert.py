@@ -1,4 +1,4 @@
-"""`sd-lora convert IN OUT --to community|diffusers [--family sd1|sd2|sdxl|sd3|flux]`: lossless format change."""
+"""`sd-lora convert IN OUT --to community|diffusers [--family FAMILY]`: lossless format change."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
+    from sd_lora.models.families import FAMILY_CHOICES
+
     p = subparsers.add_parser(name, help="convert an adapter file between community and diffusers formats")
     p.add_argument("input", help="adapter .safetensors file")
     p.add_argument("output", help="file to write (atomically)")
     p.add_argument("--to", required=True, choices=["community", "diffusers"], help="target format")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl", "sd3", "flux"],
+    p.add_argument("--family", choices=FAMILY_CHOICES,
                    help="model family when the file does not say")
     p.add_argument("--allow-pickle", action="store_true", help="read a pickled .ckpt/.pt you trust")
 

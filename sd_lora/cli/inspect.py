@@ -9,12 +9,14 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
+    from sd_lora.models.families import FAMILY_CHOICES
+
     p = subparsers.add_parser(name, help="describe an adapter file (LoRA/LoCon/LoHa/LoKr/DoRA, any format)")
     p.add_argument("file", help="adapter .safetensors file or peft adapter directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--ranks", action="store_true",
                    help="also show each module's effective rank (singular values above 1e-3 of the largest)")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl", "sd3", "flux"],
+    p.add_argument("--family", choices=FAMILY_CHOICES,
                    help="--ranks: model family when the file does not say")
     p.add_argument("--allow-pickle", action="store_true", help="read a pickled .ckpt/.pt you trust")
 

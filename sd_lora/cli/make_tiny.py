@@ -6,13 +6,13 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
-    from sd_lora.models.families import FAMILIES
+    from sd_lora.models.families import DEFAULT_FAMILY, FAMILIES
 
     p = subparsers.add_parser(name, help="write a tiny randomly initialised diffusers model of a family (offline)",
                               description="Write a tiny SD-architecture model with random weights, for smoke tests "
                                           "and CI. It trains and generates like a real one but draws noise.")
     p.add_argument("out", help="output directory (a diffusers model folder)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="sd1")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY)
     p.add_argument("--seed", type=int, default=0)
 
 

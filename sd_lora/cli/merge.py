@@ -6,6 +6,8 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
+    from sd_lora.models.families import FAMILY_CHOICES
+
     p = subparsers.add_parser(name, help="merge several adapters into one (weighted sum of their deltas)")
     p.add_argument("inputs", nargs="+", metavar="FILE[:WEIGHT]", help="adapter files, each with its weight (default 1)")
     p.add_argument("-o", "--output", required=True, help="merged .safetensors file (community format)")
@@ -14,7 +16,7 @@ def add_parser(subparsers, name: str) -> None:
                         "module's summed delta to --rank (any adapter type)")
     p.add_argument("--rank", type=int, help="svd: rank of the result")
     p.add_argument("--conv-rank", type=int, help="svd: rank of 3x3 conv modules (default: --rank)")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl"], help="model family when the files do not say")
+    p.add_argument("--family", choices=FAMILY_CHOICES, help="model family when the files do not say")
     p.add_argument("--model", help="base model (needed to merge DoRA files with svd; also validates the result)")
     p.add_argument("--save-precision", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--allow-pickle", action="store_true", help="read pickled .ckpt/.pt files you trust")

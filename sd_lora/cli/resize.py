@@ -9,6 +9,8 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers, name: str) -> None:
+    from sd_lora.models.families import FAMILY_CHOICES
+
     p = subparsers.add_parser(name, help="lower an adapter's rank by SVD (fixed or dynamic per module)")
     p.add_argument("input", help="adapter file (any format sd-lora reads)")
     p.add_argument("-o", "--output", required=True, help="resized .safetensors file (community format)")
@@ -20,7 +22,7 @@ def add_parser(subparsers, name: str) -> None:
                             "singular-value sum reaches fraction X")
     p.add_argument("--param", type=float, help="X of the dynamic rule (sv_ratio: >= 1; sv_fro/sv_cumulative: (0, 1])")
     p.add_argument("--conv-rank", type=int, help="rank (cap, with --dynamic) of 3x3 conv modules")
-    p.add_argument("--family", choices=["sd1", "sd2", "sdxl"], help="model family when the file does not say")
+    p.add_argument("--family", choices=FAMILY_CHOICES, help="model family when the file does not say")
     p.add_argument("--model", help="base model (needed for DoRA files; also validates the result)")
     p.add_argument("--save-precision", choices=["fp16", "bf16", "fp32"], default="fp16")
     p.add_argument("--json", action="store_true", help="print the per-module table and summary as JSON")

@@ -10,8 +10,8 @@ Public API:
 - `summarize_file(path, allow_pickle=False) -> dict` (what `sd-lora inspect` prints)
 - pure name mapping: `module_to_community`, `community_to_module`, `diffusers_to_sgm`, `sgm_to_diffusers`
 
-SD3 / SD3.5 (family "sd3") and FLUX.1 ("flux"): the denoiser component is "transformer" and `unet_config` is
-the transformer's config; names, exact q/k/v fusing and the foreign layouts read are in `transformer_files`.
+SD3 / SD3.5 and FLUX.1 (the families whose `community_naming` is "original"): the denoiser component is
+"transformer" and `unet_config` is the transformer's config; names, exact q/k/v fusing and the foreign layouts read are in `transformer_files`.
 """
 
 from sd_lora.formats.community import AdapterWeights, from_community, to_community

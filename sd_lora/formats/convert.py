@@ -23,6 +23,7 @@ from sd_lora.formats.diffusers_format import METADATA_KEY, from_diffusers, to_di
 from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, serialize_with_hashes, unet_layout
 from sd_lora.formats.names import module_to_community
 from sd_lora.formats.safetensors_io import metadata_json, read_tensor_file
+from sd_lora.models.families import file_family
 
 __all__ = ["CONVERT_KEY", "TARGETS", "convert_state", "convert_file", "layout_config"]
 
@@ -39,7 +40,7 @@ def layout_config(family: str, metadata: dict[str, str], unet_config=None, names
         return metadata_json(metadata[LAYOUT_KEY], f"metadata {LAYOUT_KEY!r}")
     if transformer_files.is_transformer_family(family):
         return transformer_files.full_size_config(family, list(names))
-    from sd_lora.models.architectures import unet_config as full_size
+    from sd_lora.models.families.unet_architectures import unet_config as full_size
 
     return unet_layout(full_size(family))
 
@@ -112,7 +113,7 @@ def convert_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str], to
     config = layout_config(family, metadata, unet_config)
     convert = _to_diffusers if to == "diffusers" else _to_community
     out, meta = convert(tensors, metadata, family, config)
-    if family == "sdxl" and LAYOUT_KEY not in meta:
+    if file_family(family).community_naming == "sgm" and LAYOUT_KEY not in meta:  # names depend on the layout
         meta[LAYOUT_KEY] = json.dumps(unet_layout(config), sort_keys=True)
     return out, meta
 

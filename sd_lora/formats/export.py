@@ -23,6 +23,7 @@ from sd_lora.formats.diffusers_format import to_diffusers
 from sd_lora.formats.imports import load_adapter_file, plan_modules
 from sd_lora.formats.metadata import LAYOUT_KEY, minimum_metadata, serialize_with_hashes, unet_layout
 from sd_lora.formats.peft_bridge import collect_adapter_weights
+from sd_lora.models.families import file_family
 
 __all__ = ["CoverageReport", "save_adapter", "weights_facts", "FORMATS"]
 
@@ -133,7 +134,7 @@ def save_adapter(path, components: dict[str, torch.nn.Module], family: str, *, u
         meta[LAYOUT_KEY] = json.dumps(transformer_files.layout(unet_config), sort_keys=True)
     else:
         meta = _metadata(weights, family, metadata)
-    if family == "sdxl":
+    if file_family(family).community_naming == "sgm":  # its names depend on the UNet layout
         meta[LAYOUT_KEY] = json.dumps(unet_layout(unet_config), sort_keys=True)
     if format == "community":
         tensors = to_community(weights, family, unet_config)

@@ -19,10 +19,12 @@ from sd_lora.formats.community import AdapterWeights, adapter_type, from_communi
 from sd_lora.formats.detect import FAMILY_NAMES, detect_format, guess_family, pipeline_family
 from sd_lora.formats.diffusers_format import from_diffusers
 from sd_lora.formats.names import FAMILY_PREFIXES
+from sd_lora.formats.transformer_files import is_transformer_family
 from sd_lora.formats.peft_bridge import adapted_modules, inject, remove_adapter
 from sd_lora.formats.peft_dir import is_peft_dir, read_peft_dir
 from sd_lora.formats.safetensors_io import read_tensor_file
 from sd_lora.formats.validate import find_non_finite, find_non_finite_keys, find_rank_mismatches, resolve_modules
+from sd_lora.models.families import FILE_FAMILIES
 
 __all__ = ["AdapterFile", "ApplyReport", "load_adapter_file", "plan_modules", "apply_adapter_file",
            "denoiser_config"]
@@ -100,11 +102,12 @@ def load_adapter_file(path: str | Path, allow_pickle: bool = False) -> AdapterFi
     path = Path(path)
     if is_peft_dir(path):
         weights, metadata = read_peft_dir(path)
-        family = "sdxl" if "text_encoder_2" in weights else None
+        found = [(f.name, why) for f in FILE_FAMILIES.values() for why in [f.recognise_components(weights)] if why]
+        family, why = found[0] if found else (None, "peft directories do not say")
         _check_tensors(path, {f"{c}.{m}.{k}": t for c, ms in weights.items() for m, ps in ms.items()
                               for k, t in ps.items()}, weights)
         return AdapterFile(path, "peft-dir", adapter_type(weights), family,
-                           "it adapts text_encoder_2" if family else "peft directories do not say", {}, metadata,
+                           why, {}, metadata,
                            peft_weights=weights)
     tensors, metadata = read_tensor_file(path, allow_pickle=allow_pickle)
     if not tensors:
@@ -148,7 +151,7 @@ def _fail(adapter: AdapterFile, family: str, problems: list[str], what: str) -> 
 def _with_file_names(adapter: AdapterFile, weights: AdapterWeights, problems: list[str], family: str,
                      unet_config) -> list[str]:
     """Prefix each problem with the module's name as the file spells it, so users can find the key."""
-    if adapter.format != "community" or family in ("sd3", "flux"):
+    if adapter.format != "community" or is_transformer_family(family):
         return problems
     from sd_lora.formats.community import split_community_key
     from sd_lora.formats.names import community_to_module

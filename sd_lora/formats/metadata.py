@@ -15,6 +15,7 @@ import struct
 from sd_lora.errors import SdLoraError
 from sd_lora.fileio import printable
 from sd_lora.formats.safetensors_io import serialize
+from sd_lora.models.families import DEFAULT_FAMILY, file_family
 
 __all__ = [
     "serialize_with_hashes",
@@ -36,25 +37,6 @@ HASH_KEYS = ("sshs_model_hash", "sshs_legacy_hash")
 # the UNet config fields SDXL block names depend on
 _LAYOUT_FIELDS = ("layers_per_block", "down_block_types", "up_block_types", "mid_block_type")
 
-_ARCHITECTURE = {
-    ("sd1", False): "stable-diffusion-v1/lora",
-    ("sd1", True): "stable-diffusion-v1/lora",
-    ("sd2", False): "stable-diffusion-v2-512/lora",
-    ("sd2", True): "stable-diffusion-v2-768-v/lora",
-    ("sdxl", False): "stable-diffusion-xl-v1-base/lora",
-    ("sdxl", True): "stable-diffusion-xl-v1-base/lora",
-}
-_IMPLEMENTATION = {"sd1": "diffusers", "sd2": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
-# SD3 / FLUX, by the model variant (`sd3_keys.variant` / `flux_keys.variant`), as kohya's sai_model_spec.py and
-# sd3/flux_train_network.py write them: (modelspec.architecture, ss_base_model_version, modelspec.implementation)
-_TRANSFORMER_SPEC = {
-    "sd3-medium": ("stable-diffusion-3-medium/lora", "medium", "diffusers"),
-    "sd3.5-medium": ("stable-diffusion-3-5-medium/lora", "5-medium", "diffusers"),
-    "sd3.5-large": ("stable-diffusion-3-5-large/lora", "5-large", "diffusers"),
-    "flux-dev": ("flux-1-dev/lora", "flux1", "https://github.com/black-forest-labs/flux"),
-    "flux-schnell": ("flux-1-schnell/lora", "flux1", "https://github.com/black-forest-labs/flux"),
-}
-_DEFAULT_VARIANT = {"sd3": "sd3.5-medium", "flux": "flux-dev"}
 _NETWORK_MODULE = {"lora": "networks.lora", "locon": "networks.lora", "dora": "lycoris.kohya",
                    "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
 
@@ -157,9 +139,7 @@ INFO_KEYS = {
 
 def base_model_version(family: str, v_prediction: bool = False) -> str:
     """`ss_base_model_version` as AUTOMATIC1111 reads it (`sdxl_` prefix -> SDXL)."""
-    if family == "sdxl":
-        return "sdxl_base_v1-0"
-    return {"sd1": "sd_v1", "sd2": "sd_v2"}[family] + ("_v" if v_prediction else "")
+    return file_family(family).file_metadata(v_prediction)["ss_base_model_version"]
 
 
 def _is_v(info: dict) -> bool:
@@ -168,8 +148,9 @@ def _is_v(info: dict) -> bool:
 
 def minimum_metadata(info: dict) -> dict[str, str]:
     """The keys the reference trainer keeps even with metadata off, plus the required modelspec keys (the
-    `ss_network_dim/alpha/module` ones only when `info` holds network_dim)."""
-    family = info.get("family", "sd1")
+    `ss_network_dim/alpha/module` ones only when `info` holds network_dim). The family gives the model facts
+    (`Family.file_metadata`, by `info["model_variant"]` for SD3 / FLUX)."""
+    family = file_family(info.get("family", DEFAULT_FAMILY))
     v = _is_v(info)
     adapter = info.get("adapter_type", "lora")
     args = dict(info.get("network_args") or {})
@@ -177,14 +158,12 @@ def minimum_metadata(info: dict) -> dict[str, str]:
         args["algo"] = "lora" if adapter == "dora" else adapter
     if adapter == "dora":
         args.setdefault("dora_wd", "True")
-    resolution = info.get("resolution", 1024 if family in ("sdxl", "sd3", "flux") else
-                          (768 if family == "sd2" and v else 512))
+    resolution = info.get("resolution", family.default_resolution(v))
     w, h = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     date = info.get("date") or _dt.datetime.now()
     if isinstance(date, _dt.datetime):
         date = date.replace(microsecond=0).isoformat()
-    if family in _DEFAULT_VARIANT:
-        return _transformer_metadata(info, family, args, date, w, h)
+    facts = family.file_metadata(v, info.get("model_variant"))
     # dim / alpha / module are written only from what is measured on the weights (formats.export.weights_facts):
     # never a placeholder that a later step must overwrite
     network = {"ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
@@ -194,40 +173,15 @@ def minimum_metadata(info: dict) -> dict[str, str]:
     return {
         **network,
         "ss_network_args": _json({k: str(v) for k, v in args.items()}),
-        "ss_base_model_version": base_model_version(family, v),
-        "ss_v2": str(family == "sd2"),
+        "ss_base_model_version": facts["ss_base_model_version"],
+        "ss_v2": facts["ss_v2"],
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": _ARCHITECTURE[(family, v)],
-        "modelspec.implementation": _IMPLEMENTATION[family],
+        "modelspec.architecture": facts["modelspec.architecture"],
+        "modelspec.implementation": facts["modelspec.implementation"],
         "modelspec.title": str(info.get("title") or info.get("output_name") or "sd-lora adapter"),
         "modelspec.resolution": f"{w}x{h}",
         "modelspec.date": str(date),
-        "modelspec.prediction_type": "v" if v else "epsilon",
-    }
-
-
-def _transformer_metadata(info: dict, family: str, args: dict, date: str, w: int, h: int) -> dict[str, str]:
-    """The minimum set for SD3 / FLUX: the model variant (`info["model_variant"]`) decides the spec strings."""
-    variant = info.get("model_variant") or _DEFAULT_VARIANT[family]
-    architecture, version, implementation = _TRANSFORMER_SPEC[variant]
-    adapter = info.get("adapter_type", "lora")
-    # as for the UNet families: dim / alpha / module only from what is measured on the weights
-    network = {"ss_network_module": info.get("network_module") or _NETWORK_MODULE.get(adapter, "networks.lora"),
-               "ss_network_dim": str(int(info["network_dim"])),
-               "ss_network_alpha": _float(info.get("network_alpha", info["network_dim"]))} \
-        if info.get("network_dim") is not None else {}
-    return {
-        **network,
-        "ss_network_args": _json({k: str(v) for k, v in args.items()}),
-        "ss_base_model_version": version,
-        "ss_v2": "False",
-        "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": architecture,
-        "modelspec.implementation": implementation,
-        "modelspec.title": str(info.get("title") or info.get("output_name") or "sd-lora adapter"),
-        "modelspec.resolution": f"{w}x{h}",
-        "modelspec.date": str(date),
-        "modelspec.prediction_type": "flow",
+        "modelspec.prediction_type": facts["modelspec.prediction_type"],
     }
 
 

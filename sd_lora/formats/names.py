@@ -2,8 +2,9 @@
 
 A community name is `<prefix><module path with '.' replaced by '_'>`:
 - prefixes `lora_unet_`, `lora_te_` (SD1/SD2), `lora_te1_` / `lora_te2_` (SDXL's two text encoders);
-- SD1/SD2 UNet paths are diffusers' module names; SDXL UNet paths use the original SGM block layout
-  (see `sdxl_names`), computed from the UNet config;
+- each family's prefixes and naming come from its family object (`community_prefixes`, `community_naming`):
+  SD1/SD2 UNet paths are diffusers' module names; SDXL UNet paths use the original SGM block layout
+  (see `sdxl_names`), computed from the UNet config; SD3 / FLUX name original modules (`transformer_files`);
 - text-encoder paths always start with `text_model.`, whether or not the installed transformers'
   CLIPTextModel still has that attribute (transformers 5 flattened it; CLIPTextModelWithProjection did not).
 
@@ -14,6 +15,7 @@ Turning `_` back into `.` needs to know which underscores belong to a module's o
 from __future__ import annotations
 
 from sd_lora.formats.sdxl_names import diffusers_to_sgm, sgm_to_diffusers
+from sd_lora.models.families import FILE_FAMILIES, file_family
 
 __all__ = [
     "FAMILY_PREFIXES",
@@ -28,15 +30,8 @@ __all__ = [
     "community_to_module",
 ]
 
-FAMILY_PREFIXES = {
-    "sd1": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
-    "sd2": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
-    "sdxl": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
-    # transformer families: the denoiser is the pipeline's `transformer` (names in `transformer_files`)
-    "sd3": {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_",
-            "text_encoder_3": "lora_te3_"},
-    "flux": {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te3_"},
-}
+# each family's community prefixes by component (`Family.community_prefixes`)
+FAMILY_PREFIXES = {name: dict(family.community_prefixes) for name, family in FILE_FAMILIES.items()}
 
 # Module-name suffixes the reference trainer adapts (regexes for peft's `target_modules`).
 UNET_ATTENTION_TARGETS = (
@@ -109,14 +104,16 @@ def dotted(name: str) -> str:
 
 
 def module_to_community(component: str, path: str, family: str, unet_config) -> str:
-    """Community module name (no `.lora_down.weight` suffix) of a module path of `component`."""
-    if family in ("sd3", "flux"):
+    """Community module name (no `.lora_down.weight` suffix) of a module path of `component`; the family's
+    `community_naming` says how its denoiser's modules are named."""
+    naming = file_family(family).community_naming
+    if naming == "original":
         from sd_lora.formats.transformer_files import module_name
 
         return module_name(family, unet_config, component, path)
     prefix = component_prefix(family, component)
     if component == "unet":
-        if family == "sdxl":
+        if naming == "sgm":
             path = diffusers_to_sgm(path, unet_config)
     elif component.startswith("text_encoder"):
         path = canonical_text_encoder_path(path)

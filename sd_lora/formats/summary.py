@@ -14,6 +14,7 @@ from sd_lora.formats.community import DORA_A1111_NOTE, split_community_key
 from sd_lora.formats.diffusers_format import from_diffusers
 from sd_lora.formats.imports import load_adapter_file
 from sd_lora.formats.metadata import model_hash, legacy_hash
+from sd_lora.models.families import file_family
 
 __all__ = ["summarize_file", "format_summary", "dumps"]
 
@@ -37,8 +38,8 @@ def _modules(adapter) -> dict[str, dict[str, dict]]:
         name, param = split
         prefix = next((p for p in sorted(_COMPONENT_OF_PREFIX, key=len, reverse=True) if name.startswith(p)), None)
         component = _COMPONENT_OF_PREFIX.get(prefix, "transformer")  # the SD3 / FLUX layouts ComfyUI reads
-        if component == "unet" and adapter.family in ("sd3", "flux"):
-            component = "transformer"
+        if component == "unet" and adapter.family:
+            component = file_family(adapter.family).denoiser
         out[component].setdefault(name, {})[param] = tensor
     return dict(out)
 

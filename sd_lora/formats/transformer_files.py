@@ -21,12 +21,14 @@ import torch
 from sd_lora.errors import SdLoraError
 from sd_lora.formats import fused
 from sd_lora.formats.names import canonical_text_encoder_path, dotted
+from sd_lora.models.families import FILE_FAMILIES
 
 __all__ = ["TRANSFORMER_FAMILIES", "keys_module", "is_transformer_family", "to_community", "from_community",
            "FOREIGN_PREFIXES", "LYCORIS_PREFIX", "full_size_config", "layout", "variant",
            "module_name", "expected_modules", "checkpoint_layout", "original_targets", "swapped"]
 
-TRANSFORMER_FAMILIES = ("sd3", "flux")
+# the families whose community files name the original checkpoint's (fused) modules
+TRANSFORMER_FAMILIES = tuple(name for name, f in FILE_FAMILIES.items() if f.community_naming == "original")
 LYCORIS_PREFIX = "lycoris_"
 _FLAT_DIFFUSERS = (LYCORIS_PREFIX, "lora_transformer_")
 _DOTTED_DIFFUSERS = ("base_model.model.",)
@@ -44,28 +46,17 @@ def is_transformer_family(family: str | None) -> bool:
 
 
 def keys_module(family: str):
-    if family == "sd3":
-        from sd_lora.models.families import sd3_keys
-
-        return sd3_keys
-    if family == "flux":
-        from sd_lora.models.families import flux_keys
-
-        return flux_keys
-    raise KeyError(f"{family!r} is not a transformer family")
+    """The family's module mapping diffusers paths <-> its original checkpoint (`sd3_keys`, `flux_keys`)."""
+    keys = FILE_FAMILIES[family].keys if family in FILE_FAMILIES else None
+    if keys is None:
+        raise KeyError(f"{family!r} is not a transformer family")
+    return keys
 
 
 def full_size_config(family: str, names: list[str]) -> dict:
-    """The released model a file's names fit, for converting without a model: SD3.5 Large when a joint block
-    beyond 23 is named, else SD3.5 Medium (its names include SD3 Medium's); FLUX.1-dev (schnell's names are a
-    subset)."""
-    km = keys_module(family)
-    if family == "flux":
-        return dict(km.FULL_SIZE["flux-dev"])
-    import re
-
-    blocks = [int(m.group(1)) for n in names for m in [re.search(r"(?:joint|transformer)_blocks[._](\d+)", n)] if m]
-    return dict(km.FULL_SIZE["sd3.5-large" if blocks and max(blocks) >= 24 else "sd3.5-medium"])
+    """The released model a file's names fit, for converting without a model (`full_size_for` of the family's
+    keys module)."""
+    return keys_module(family).full_size_for(names)
 
 
 _LAYOUT_FIELDS = ("num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim",
@@ -113,28 +104,16 @@ def expected_modules(weights, family: str, config) -> dict[str, int]:
 _CHECKPOINT_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
 
 
-def _indices(names, head: str, tail: str = "") -> list[int]:
-    return sorted({int(k.split(".")[1]) for k in names if k.startswith(head) and k.endswith(tail)})
-
-
 def checkpoint_layout(shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, dict] | None:
     """(family, key prefix, config) of an original-layout SD3 / FLUX transformer checkpoint, from its names and
-    shapes; None for anything else. The config holds what the module names and row blocks depend on."""
+    shapes (each family's `keys.checkpoint_config`); None for anything else. The config holds what the module
+    names and row blocks depend on."""
     for prefix in _CHECKPOINT_PREFIXES:
         names = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
-        qkv = names.get("joint_blocks.0.x_block.attn.qkv.weight")
-        if qkv is not None:
-            return "sd3", prefix, {
-                "num_layers": _indices(names, "joint_blocks.")[-1] + 1, "num_attention_heads": 1,
-                "attention_head_dim": int(qkv[1]), "dual_attention_layers": _indices(
-                    names, "joint_blocks.", ".x_block.attn2.qkv.weight"),
-                "qk_norm": "rms_norm" if any(".attn.ln_q." in k for k in names) else None}
-        qkv = names.get("double_blocks.0.img_attn.qkv.weight")
-        if qkv is not None:
-            return "flux", prefix, {
-                "num_layers": _indices(names, "double_blocks.")[-1] + 1,
-                "num_single_layers": (_indices(names, "single_blocks.") or [-1])[-1] + 1, "num_attention_heads": 1,
-                "attention_head_dim": int(qkv[1]), "guidance_embeds": "guidance_in.in_layer.weight" in names}
+        for family in TRANSFORMER_FAMILIES:
+            config = keys_module(family).checkpoint_config(names)
+            if config is not None:
+                return family, prefix, config
     return None
 
 

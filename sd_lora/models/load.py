@@ -14,7 +14,7 @@ from sd_lora.config.sources import MODEL_FILE_SUFFIXES, looks_like_path
 from sd_lora.errors import SdLoraError
 from sd_lora.logs import quiet_libraries
 from sd_lora.models.compat import dtype_kwarg
-from sd_lora.models.families import DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
+from sd_lora.models.families import DEFAULT_FAMILY, DENOISER_FOLDERS, FAMILY_NAMES, detect_family, get_family
 from sd_lora.models.integrity import require_filled_folder
 
 __all__ = ["BaseModelInfo", "native_resolution", "resolve_pretrained", "describe_source", "download_hub_model", "known_family", "inspect_model",
@@ -191,7 +191,7 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
     loading weights. A hub id is read from the Hugging Face cache when it is there; otherwise it gets the
     overrides or sd1/epsilon until `load_pipeline` has downloaded it."""
     location, is_local = resolve_pretrained(pretrained)
-    detected_family, detected_pred = "sd1", "epsilon"
+    detected_family, detected_pred = DEFAULT_FAMILY, "epsilon"
     root = Path(location) if is_local else None
     if not is_local:
         cached = _cached_file(pretrained, "model_index.json", revision)
@@ -211,7 +211,7 @@ def inspect_model(pretrained: str, family: str | None = None, prediction_type: s
         elif sched_path.is_file():
             detected_pred = _read_json(sched_path, "scheduler config").get("prediction_type", "epsilon")
     elif is_local:
-        from sd_lora.models.single_file import inspect_single_file
+        from sd_lora.models.families.unet_single_file import inspect_single_file
 
         detected_family, detected_pred = inspect_single_file(location, family=family, prediction_type=prediction_type,
                                                              allow_pickle=allow_pickle)
@@ -255,12 +255,12 @@ def load_pipeline(pretrained: str, *, family: str | None = None, prediction_type
     if not is_local:
         location = download_hub_model(pretrained, revision)
     if Path(location).is_file():
-        from sd_lora.models.single_file import load_single_file_pipeline
+        from sd_lora.models.families.unet_single_file import load_single_file_pipeline
 
         if quantize:
             raise SdLoraError(
                 "model.quantize: not supported for single-file checkpoints; convert the checkpoint to a diffusers "
-                "directory first, offline: python -c \"from sd_lora.models.single_file import load_single_file_pipeline "
+                "directory first, offline: python -c \"from sd_lora.models.families.unet_single_file import load_single_file_pipeline "
                 "as f; f('MODEL.safetensors')[0].save_pretrained('MODEL_DIR')\" and set model.pretrained to that folder")
         pipe, fam = load_single_file_pipeline(location, family=family, prediction_type=prediction_type,
                                               torch_dtype=torch_dtype, allow_pickle=allow_pickle)

@@ -116,8 +116,8 @@ def _transformer_plan(path: Path, shapes, layout, loras, family: str | None, all
 
 def _stream_plan(path: Path, loras, family: str | None, allow_pickle: bool):
     from sd_lora.formats.transformer_files import checkpoint_layout
-    from sd_lora.models.single_file import read_checkpoint
-    from sd_lora.models.single_file_configs import derive_configs, detect_checkpoint_family, stored_record
+    from sd_lora.models.families.unet_single_file import read_checkpoint
+    from sd_lora.models.families.unet_single_file_configs import derive_configs, detect_checkpoint_family, stored_record
 
     try:
         header, metadata, start = read_header(path)
@@ -291,9 +291,10 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
     else:
         pipe = model
     from sd_lora.formats.detect import FAMILY_NAMES, pipeline_family
+    from sd_lora.models.families import file_family
 
     found = pipeline_family(pipe)
-    if found in ("sd3", "flux"):
+    if not file_family(found).bakes_to_single_file:
         raise SdLoraError(f"baking into a {FAMILY_NAMES[found]} pipeline or diffusers folder is not supported yet; "
                           "give the transformer as one original-layout .safetensors file (as ComfyUI loads it) and "
                           "a .safetensors output. Nothing was written.")
@@ -304,7 +305,7 @@ def bake_adapters(model, loras, output, *, save_precision="fp16", family: str | 
     pipe.to(dtype)
     _free_space(output, _pipeline_size(pipe, dtype))
     if single_out:
-        from sd_lora.models.single_file import save_single_file
+        from sd_lora.models.families.unet_single_file import save_single_file
 
         try:
             save_single_file(pipe, output, found)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from sd_lora.errors import SdLoraError
-from sd_lora.models.original_layout import TEXT_PREFIXES, clip_to_original, unet_to_original
+from sd_lora.models.families.unet_original_layout import TEXT_PREFIXES, clip_to_original, unet_to_original
 
 __all__ = ["Target", "original_target", "plan_original"]
 

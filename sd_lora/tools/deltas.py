@@ -19,11 +19,12 @@ from sd_lora.errors import SdLoraError
 from sd_lora.formats.community import AdapterWeights
 from sd_lora.formats.detect import FAMILY_NAMES
 from sd_lora.formats.lycoris import delta_weight
+from sd_lora.models.families import FAMILY_CHOICES, file_family
 
 __all__ = ["AdapterInput", "read_adapter", "module_shape", "module_delta", "lora_factors", "is_lora_module",
            "kernel_of", "prediction_of", "apply_delta", "FAMILIES"]
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+FAMILIES = FAMILY_CHOICES
 _CONV3 = re.compile(r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv|^conv_in|^conv_out)$")
 
 
@@ -66,7 +67,7 @@ def read_adapter(path, family: str | None = None, unet_config=None, allow_pickle
     family = family or adapter.family
     if family is None:
         raise SdLoraError(f"{path}: cannot tell the model family ({adapter.family_reason}); "
-                          "pass --family sd1|sd2|sdxl|sd3|flux.")
+                          f"pass --family {'|'.join(FAMILIES)}.")
     layout = layout_config(family, adapter.metadata, unet_config, names=list(adapter.tensors))
     weights, problems = adapter.weights(family, layout)
     if problems:
@@ -115,8 +116,7 @@ def _guessed_shape(component: str, path: str, family: str, out: int, flat_in: in
     # LoHa / LoKr keep a conv's input flattened; the layer kind follows from the module name
     if component == "unet" and _CONV3.search(path) and flat_in % 9 == 0:
         return (out, flat_in // 9, 3, 3)
-    if component == "unet" and (path.endswith("conv_shortcut") or
-                                (family == "sd1" and re.search(r"attentions\.\d+\.proj_(in|out)$", path))):
+    if file_family(family).pointwise_conv(component, path):
         return (out, flat_in, 1, 1)
     return (out, flat_in)
 

@@ -23,6 +23,7 @@ from sd_lora.formats import transformer_files
 from sd_lora.formats.community import AdapterWeights, adapter_type, from_community, to_community
 from sd_lora.formats.export import weights_facts
 from sd_lora.formats.metadata import HASH_KEYS, LAYOUT_KEY, minimum_metadata, unet_layout
+from sd_lora.models.families import file_family
 from sd_lora.tools.tensorfile import NAMES, data_sha256, read_header, write_with_hashes
 
 __all__ = ["WriteReport", "write_adapter", "check_output_path", "parse_precision", "TOOL_KEY"]
@@ -92,7 +93,7 @@ def _metadata(weights: AdapterWeights, family: str, unet_config, inherited: dict
         meta["ss_training_comment"] = f"{comment}; {old}" if old and old != "None" else comment
     meta[TOOL_KEY] = json.dumps(tool, sort_keys=True)
     meta.update(overrides or {})
-    if family == "sdxl":
+    if file_family(family).community_naming == "sgm":  # its names depend on the UNet layout
         meta[LAYOUT_KEY] = json.dumps(unet_layout(unet_config), sort_keys=True)
     elif transformer_files.is_transformer_family(family):
         meta[LAYOUT_KEY] = json.dumps(transformer_files.layout(unet_config), sort_keys=True)

@@ -51,7 +51,7 @@ def test_extract_and_bake(setup, tmp_path, capsys):
     assert (tmp_path / "baked" / "model_index.json").is_file()
     # single-file checkpoints in the original layout work as extraction inputs too
     from sd_lora.models.load import load_pipeline
-    from sd_lora.models.single_file import save_single_file
+    from sd_lora.models.families.unet_single_file import save_single_file
 
     for name in ("base", "tuned"):
         save_single_file(load_pipeline(str(d / name))[0], tmp_path / f"{name}.safetensors", "sd1")

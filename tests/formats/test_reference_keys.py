@@ -26,7 +26,7 @@ def _meta_models(family):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sd_lora.models.architectures import text_encoder_configs, unet_config
+    from sd_lora.models.families.unet_architectures import text_encoder_configs, unet_config
 
     with torch.device("meta"):
         models = {"unet": UNet2DConditionModel(**unet_config(family))}

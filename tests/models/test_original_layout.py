@@ -19,8 +19,8 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from sd_lora.models import architectures
-from sd_lora.models.original_layout import PREFIXES, TEXT_PREFIXES, pipeline_to_original
+from sd_lora.models.families import unet_architectures as architectures
+from sd_lora.models.families.unet_original_layout import PREFIXES, TEXT_PREFIXES, pipeline_to_original
 from sd_lora.models.tiny import build_tiny_pipeline
 
 

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from sd_lora.errors import SdLoraError
-from sd_lora.models import architectures
+from sd_lora.models.families import unet_architectures as architectures
 from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE, clip_vocab_and_merges, write_clip_tokenizer
-from sd_lora.models.original_layout import pipeline_to_original
-from sd_lora.models.single_file import load_single_file_pipeline, read_checkpoint, save_single_file
-from sd_lora.models.single_file_configs import METADATA_KEY, derive_configs, describe_pipeline
+from sd_lora.models.families.unet_original_layout import pipeline_to_original
+from sd_lora.models.families.unet_single_file import load_single_file_pipeline, read_checkpoint, save_single_file
+from sd_lora.models.families.unet_single_file_configs import METADATA_KEY, derive_configs, describe_pipeline
 from sd_lora.models.tiny import build_tiny_pipeline
 
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -270,7 +270,7 @@ def test_save_single_file_stores_configs_and_only_non_clip_tokenizers(tiny, tmp_
 
 
 def test_inspect_reads_family_and_prediction_without_weights(tiny, tmp_path, capsys):
-    from sd_lora.models.single_file import inspect_single_file
+    from sd_lora.models.families.unet_single_file import inspect_single_file
 
     pipe, stored = tiny["sd2"]
     assert inspect_single_file(stored) == ("sd2", "v_prediction")  # from sd-lora's stored record

@@ -137,7 +137,7 @@ def full_size_meta(family: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sd_lora.models import architectures
+    from sd_lora.models.families import unet_architectures as architectures
 
     with torch.device("meta"):
         encoders = []

@@ -13,13 +13,13 @@ from tests.tools.conftest import full_size_meta as _full_size_meta
 
 
 def _single_file(family, path):
-    from sd_lora.models.single_file import save_single_file
+    from sd_lora.models.families.unet_single_file import save_single_file
 
     return save_single_file(tiny(family), path, family)
 
 
 def _load_single(path):
-    from sd_lora.models.single_file import load_single_file_pipeline
+    from sd_lora.models.families.unet_single_file import load_single_file_pipeline
 
     pipe, _ = load_single_file_pipeline(str(path))
     pipe.set_progress_bar_config(disable=True)
@@ -83,8 +83,8 @@ def test_diffusers_folder_bake_dora_lokr(tmp_path):
 def test_full_size_modules_map_to_the_original_layout(family):
     """Every module a full-preset LoRA adapts (UNet + text encoders) maps onto a tensor of the published
     original layout with the right shape (meta device: no memory)."""
-    from sd_lora.models import architectures
-    from sd_lora.models.original_layout import pipeline_to_original
+    from sd_lora.models.families import unet_architectures as architectures
+    from sd_lora.models.families.unet_original_layout import pipeline_to_original
     from sd_lora.tools.bake_layout import plan_original
     from sd_lora.tools.extract import target_modules
 

@@ -33,7 +33,7 @@ def test_no_disk_space_is_a_clear_error(lora, tmp_path, monkeypatch):
         merge_adapters([lora], tmp_path / "o.safetensors")
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    from sd_lora.models.single_file import save_single_file
+    from sd_lora.models.families.unet_single_file import save_single_file
 
     monkeypatch.undo()
     save_single_file(tiny("sd1"), ckpt / "base.safetensors", "sd1")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from sd_lora.models.architectures import scheduler_config
+from sd_lora.models.families.unet_architectures import scheduler_config
 from sd_lora.train.loss import min_snr_weights, per_sample_loss, sample_noise, weighted_mean
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from sd_lora.errors import SdLoraError
 from sd_lora.models.load import inspect_model
-from sd_lora.models.single_file import save_single_file
+from sd_lora.models.families.unet_single_file import save_single_file
 from sd_lora.models.tiny import build_tiny_pipeline
 from sd_lora.train.recipe import run_training
 from tests.train.conftest import tiny_config

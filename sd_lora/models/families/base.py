@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Family", "ModelParts"]
+__all__ = ["Family", "ModelParts", "transformer_file_metadata"]
 
 
 @dataclass
@@ -135,3 +135,51 @@ class Family:
     def blocks(self, denoiser) -> list[torch.nn.Module]:
         """The denoiser's blocks in execution order (what train.blocks_to_swap counts from the end)."""
         raise NotImplementedError
+
+    # ---- what the file formats, tools, CLI and tiny models ask (s6-layer)
+    short_name = ""  # in messages about files and models ("an SDXL adapter")
+    # how community files name the denoiser's modules: "diffusers" (its module paths), "sgm" (SDXL's original
+    # block numbering, from the UNet config), "original" (the original checkpoint's modules, fused, per `keys`)
+    community_naming = "diffusers"
+    keys = None  # the module mapping diffusers paths <-> an "original" checkpoint's (sd3_keys)
+    kohya_script: str | None = None  # kohya sd-scripts' LoRA training script for this family
+    bakes_to_single_file = True  # `bake` writes a full single-file checkpoint (False: transformer-only files)
+
+    def recognise_components(self, components) -> str | None:
+        """Why a peft folder adapting `components` (names) is for this family; None: it cannot tell."""
+        return None
+
+    def pointwise_conv(self, component: str, path: str) -> bool:
+        """Whether module `path` of `component` is a 1x1 convolution (a LoHa / LoKr file keeps only its flattened
+        input width, so the tools must know)."""
+        return False
+
+    def build_tiny(self, seed: int = 0, words=(), tmp_dir=None):
+        """A tiny random pipeline of this family in memory (offline, seconds)."""
+        raise NotImplementedError(f"no in-memory tiny {self.name} pipeline; use save_tiny")
+
+    def default_resolution(self, v_prediction: bool = False) -> int:
+        """The training resolution a file's metadata states when the run did not say."""
+        return 1024
+
+    def default_variant(self) -> str | None:
+        """The released model a file is for when the run did not say (`keys.variant` names them)."""
+        return None
+
+    def file_metadata(self, v_prediction: bool = False, variant: str | None = None) -> dict[str, str]:
+        """`ss_base_model_version`, `ss_v2` and the modelspec architecture / implementation / prediction type, as
+        kohya writes them for this family's LoRA files."""
+        raise NotImplementedError
+
+    def file_recognisers(self) -> list[tuple[int, object]]:
+        """(rank, recogniser) pairs; `formats.detect` asks every family's, lowest rank first. A recogniser
+        `(keys, tensors, metadata) -> (family name or None, why) or None` says whose file it is, or that it cannot
+        tell and why (None: no opinion). Ranks: 10-59 transformer families, 60-99 UNet families; within them
+        names < shapes < metadata < fallbacks."""
+        return []
+
+
+def transformer_file_metadata(architecture: str, version: str, implementation: str) -> dict[str, str]:
+    """`Family.file_metadata` of a rectified-flow transformer family's variant."""
+    return {"ss_base_model_version": version, "ss_v2": "False", "modelspec.architecture": architecture,
+            "modelspec.implementation": implementation, "modelspec.prediction_type": "flow"}

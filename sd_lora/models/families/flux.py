@@ -16,7 +16,7 @@ import re
 import torch
 
 from sd_lora.models.encode import PromptEmbeds, tokenize
-from sd_lora.models.families.base import Family
+from sd_lora.models.families.flux_files import FluxFiles
 from sd_lora.models.families.flow_settings import flow_problems
 
 __all__ = ["Flux", "FLUX_PRESETS", "T5_DEFAULT_LENGTH", "DEV_LICENCE_NOTE"]
@@ -43,23 +43,13 @@ def _config(denoiser_config, key, default=None):
         getattr(denoiser_config, key, default)
 
 
-class Flux(Family):
-    name = "flux"
-    title = "FLUX.1"
-    denoiser = "transformer"
+class Flux(FluxFiles):  # FluxFiles: names, file facts, recognisers (shared with the formats)
     objective = "flow"
     text_encoders = ("text_encoder", "text_encoder_2")  # CLIP-L, T5-XXL
     tokenizers = ("tokenizer", "tokenizer_2")
     trainable_text_encoders = ("text_encoder",)  # T5-XXL stays frozen
     vae_scaling_factor = 0.3611
-    community_prefixes = {"transformer": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te3_"}
-    modelspec_architecture = "flux-1-dev/lora"
     own_settings = (("data", "t5_max_length", None), ("train", "guidance_scale", 1.0))
-
-    @classmethod
-    def matches(cls, model_index, denoiser_config) -> bool:
-        return model_index.get("_class_name", "").startswith("Flux") or \
-            denoiser_config.get("_class_name") == "FluxTransformer2DModel"
 
     def native_resolution(self, denoiser_config, vae_config) -> int:
         # the transformer has no sample size; FLUX.1's VAE config carries the 1024 px it was trained at

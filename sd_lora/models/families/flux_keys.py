@@ -8,10 +8,10 @@ Groups are as in `sd3_keys`: one original module, its diffusers parts in row ord
 
 from __future__ import annotations
 
-from sd_lora.models.families.sd3_keys import Group, config_value
+from sd_lora.models.families.sd3_keys import Group, config_value, indices
 
 __all__ = ["Group", "TEXT_ENCODER_PREFIXES", "IMPORT_TEXT_ENCODER_PREFIXES", "DENOISER_PREFIX", "groups",
-           "variant", "FULL_SIZE", "MLP_RATIO"]
+           "variant", "FULL_SIZE", "MLP_RATIO", "full_size_for", "checkpoint_config"]
 
 DENOISER_PREFIX = "lora_unet_"
 # FluxPipeline's text_encoder is CLIP-L and text_encoder_2 is T5-XXL; kohya numbers T5 as the third encoder
@@ -83,3 +83,18 @@ def groups(config) -> dict[str, Group]:
         out["guidance_in.in_layer"] = Group(("time_text_embed.guidance_embedder.linear_1",))
         out["guidance_in.out_layer"] = Group(("time_text_embed.guidance_embedder.linear_2",))
     return out
+
+
+def full_size_for(names: list[str]) -> dict:
+    """FLUX.1-dev: schnell's names are a subset of its."""
+    return dict(FULL_SIZE["flux-dev"])
+
+
+def checkpoint_config(names: dict[str, tuple[int, ...]]) -> dict | None:
+    """As `sd3_keys.checkpoint_config`, for an original FLUX.1 checkpoint."""
+    qkv = names.get("double_blocks.0.img_attn.qkv.weight")
+    if qkv is None:
+        return None
+    return {"num_layers": indices(names, "double_blocks.")[-1] + 1,
+            "num_single_layers": (indices(names, "single_blocks.") or [-1])[-1] + 1, "num_attention_heads": 1,
+            "attention_head_dim": int(qkv[1]), "guidance_embeds": "guidance_in.in_layer.weight" in names}

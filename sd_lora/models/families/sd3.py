@@ -15,6 +15,8 @@ import torch
 from sd_lora.models.encode import PromptEmbeds, encode_clip
 from sd_lora.models.families.base import Family
 from sd_lora.models.families.flow_settings import flow_problems
+from sd_lora.models.families import sd3_keys, transformer_detect
+from sd_lora.models.families.base import Family, transformer_file_metadata
 
 __all__ = ["SD3", "SD3_PRESETS", "T5_DEFAULT_LENGTH"]
 
@@ -102,6 +104,33 @@ class SD3(Family):
 
     def blocks(self, denoiser) -> list[torch.nn.Module]:
         return list(denoiser.transformer_blocks)
+
+    # ---- community files (s6-layer)
+    short_name = "SD3"
+    community_naming = "original"
+    keys = sd3_keys
+    kohya_script = "sd3_train_network.py"
+    bakes_to_single_file = False
+
+    def default_variant(self) -> str:
+        return "sd3.5-medium"
+
+    def file_metadata(self, v_prediction: bool = False, variant: str | None = None) -> dict[str, str]:
+        return transformer_file_metadata(*_FILE_SPEC[variant or self.default_variant()])
+
+    def file_recognisers(self):
+        return [(10, transformer_detect.sd3_names), (30, transformer_detect.attention_width),
+                (41, transformer_detect.sd3_metadata), (50, transformer_detect.sd3_blocks),
+                (55, transformer_detect.t5_only)]
+
+
+# by the model variant (`sd3_keys.variant`), as kohya's sai_model_spec.py and sd3_train_network.py write them:
+# (modelspec.architecture, ss_base_model_version, modelspec.implementation)
+_FILE_SPEC = {
+    "sd3-medium": ("stable-diffusion-3-medium/lora", "medium", "diffusers"),
+    "sd3.5-medium": ("stable-diffusion-3-5-medium/lora", "5-medium", "diffusers"),
+    "sd3.5-large": ("stable-diffusion-3-5-large/lora", "5-large", "diffusers"),
+}
 
 
 def _t5_hidden(encoder, tokenizer, captions: list[str], max_length: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["Group", "TEXT_ENCODER_PREFIXES", "IMPORT_TEXT_ENCODER_PREFIXES", "DENOISER_PREFIX", "groups",
-           "variant", "FULL_SIZE", "config_value"]
+           "variant", "FULL_SIZE", "config_value", "full_size_for", "checkpoint_config", "indices"]
 
 DENOISER_PREFIX = "lora_unet_"
 # CLIP-L, CLIP-G, T5-XXL as kohya's lora_sd3.py names them (the diffusers pipeline's component names as keys)
@@ -97,3 +97,28 @@ def groups(config) -> dict[str, Group]:
         out.update(_block(i, i == layers - 1, i in dual, dim))
     out.update(_EMBEDDERS)
     return out
+
+
+def full_size_for(names: list[str]) -> dict:
+    """The released model a file's names fit: SD3.5 Large when a joint block beyond 23 is named, else SD3.5
+    Medium (its names include SD3 Medium's)."""
+    import re
+
+    blocks = [int(m.group(1)) for n in names for m in [re.search(r"(?:joint|transformer)_blocks[._](\d+)", n)] if m]
+    return dict(FULL_SIZE["sd3.5-large" if blocks and max(blocks) >= 24 else "sd3.5-medium"])
+
+
+def indices(names, head: str, tail: str = "") -> list[int]:
+    return sorted({int(k.split(".")[1]) for k in names if k.startswith(head) and k.endswith(tail)})
+
+
+def checkpoint_config(names: dict[str, tuple[int, ...]]) -> dict | None:
+    """What the module names and row blocks depend on, from an original SD3 checkpoint's names and shapes (no
+    key prefix); None when it is not one."""
+    qkv = names.get("joint_blocks.0.x_block.attn.qkv.weight")
+    if qkv is None:
+        return None
+    return {"num_layers": indices(names, "joint_blocks.")[-1] + 1, "num_attention_heads": 1,
+            "attention_head_dim": int(qkv[1]),
+            "dual_attention_layers": indices(names, "joint_blocks.", ".x_block.attn2.qkv.weight"),
+            "qk_norm": "rms_norm" if any(".attn.ln_q." in k for k in names) else None}

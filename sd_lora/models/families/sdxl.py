@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from sd_lora.models.encode import PromptEmbeds, encode_clip, sdxl_time_ids
+from sd_lora.models.families import unet_files
 from sd_lora.models.families.unet import UNetFamily
 
 
@@ -18,11 +19,30 @@ class SDXL(UNetFamily):
     penultimate = True
     community_prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
+    short_name = "SDXL"
+    community_naming = "sgm"
+    kohya_script = "sdxl_train_network.py"
+    base_model_version = "sdxl_base_v1-0"
+    v_suffix = ""
+    implementation = "https://github.com/Stability-AI/generative-models"
 
     @classmethod
     def matches(cls, model_index, denoiser_config) -> bool:
         return "unet" in model_index and ("text_encoder_2" in model_index
                                           or denoiser_config.get("addition_embed_type") == "text_time")
+
+    def default_resolution(self, v_prediction: bool = False) -> int:
+        return 1024
+
+    def file_recognisers(self):
+        return super().file_recognisers() + [(60, unet_files.two_text_encoders), (61, unet_files.sgm_blocks),
+                                             (80, unet_files.sdxl_metadata)]
+
+    def recognise_components(self, components) -> str | None:
+        # the only UNet family with a second text encoder
+        if "text_encoder_2" in components and set(components) <= set(self.community_prefixes):
+            return "it adapts text_encoder_2"
+        return None
 
     def encode_prompts(self, encoders, tokenizers, captions, clip_skip=None, windows=1, **options) -> PromptEmbeds:
         """Both encoders' penultimate hidden states (clip skip N: one layer further back per step), concatenated,

@@ -6,6 +6,7 @@ import torch
 
 from sd_lora.models.encode import PromptEmbeds, encode_clip
 from sd_lora.models.families.base import Family
+from sd_lora.models.families import unet_files
 from sd_lora.models.families.unet_blocks import NUM_BLOCKS, BLOCK_NAMES, block_index
 
 __all__ = ["UNetFamily", "UNET_PRESETS"]
@@ -46,6 +47,35 @@ class UNetFamily(Family):
         from sd_lora.models.tiny import save_tiny_pipeline
 
         return save_tiny_pipeline(out_dir, family=self.name, seed=seed, words=words)
+
+    # community files: ss_base_model_version (+ `v_suffix` for v-prediction), modelspec architecture (`_v`: of a
+    # v-prediction model, when it differs) and implementation, as kohya writes them
+    base_model_version = ""
+    v_suffix = "_v"
+    modelspec_architecture_v: str | None = None
+    implementation = "diffusers"
+    ss_v2 = False
+
+    def default_resolution(self, v_prediction: bool = False) -> int:
+        return 512
+
+    def pointwise_conv(self, component: str, path: str) -> bool:
+        return component == self.denoiser and path.endswith("conv_shortcut")
+
+    def file_metadata(self, v_prediction: bool = False, variant: str | None = None) -> dict[str, str]:
+        return {"ss_base_model_version": self.base_model_version + (self.v_suffix if v_prediction else ""),
+                "ss_v2": str(self.ss_v2),
+                "modelspec.architecture": (v_prediction and self.modelspec_architecture_v) or self.modelspec_architecture,
+                "modelspec.implementation": self.implementation,
+                "modelspec.prediction_type": "v" if v_prediction else "epsilon"}
+
+    def file_recognisers(self) -> list[tuple[int, object]]:
+        return [(70, unet_files.by_shapes), (90, unet_files.sd1_or_sd2)]
+
+    def build_tiny(self, seed: int = 0, words=(), tmp_dir=None):
+        from sd_lora.models.families.unet_tiny import build_tiny_unet_pipeline
+
+        return build_tiny_unet_pipeline(self.name, seed=seed, words=words, tmp_dir=tmp_dir)
 
     def block_index(self, module_name, denoiser_config) -> int | None:
         per = denoiser_config["layers_per_block"] if isinstance(denoiser_config, dict) else denoiser_config.layers_per_block

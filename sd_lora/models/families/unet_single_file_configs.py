@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from sd_lora.errors import SdLoraError
-from sd_lora.models import architectures
+from sd_lora.models.families import unet_architectures as architectures
 from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE
-from sd_lora.models.original_layout import METADATA_KEY, PREFIXES
+from sd_lora.models.families.unet_original_layout import METADATA_KEY, PREFIXES
 
 __all__ = ["METADATA_KEY", "PREFIXES", "TEXT_ENCODERS", "detect_checkpoint_family", "derive_configs",
            "describe_pipeline", "stored_record"]

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from sd_lora.errors import SdLoraError
-from sd_lora.models import architectures
+from sd_lora.models.families import unet_architectures as architectures
 from sd_lora.models.clip_vocab import CLIP_VOCAB_SIZE, write_clip_tokenizer, write_tokenizer_dir
 from sd_lora.models.integrity import require_filled
-from sd_lora.models.single_file_configs import (
+from sd_lora.models.families.unet_single_file_configs import (
     METADATA_KEY, PREFIXES, TEXT_ENCODERS, derive_configs, describe_pipeline, detect_checkpoint_family, stored_record,
 )
 
@@ -291,7 +291,7 @@ def save_single_file(pipe, path: str | Path, family: str, *, store_config: bool 
     from safetensors.torch import save_file
 
     from sd_lora.fileio import atomic_path
-    from sd_lora.models.original_layout import pipeline_to_original
+    from sd_lora.models.families.unet_original_layout import pipeline_to_original
 
     # clone: the layout writer returns views (1x1-conv reshapes) that safetensors must not alias
     state = {k: v.detach().clone().contiguous() for k, v in pipeline_to_original(pipe, family).items()}
