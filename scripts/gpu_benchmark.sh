@@ -93,7 +93,7 @@ import sd_lora.train.recipe as recipe_mod
 from benchmark_train import build_random_sd1, write_images
 from sd_lora.config.load import config_from_dict
 from sd_lora.models.load import BaseModelInfo
-from sd_lora.models.architectures import text_encoder_configs, unet_config, vae_config
+from sd_lora.models.families.unet_architectures import text_encoder_configs, unet_config, vae_config
 from sd_lora.train.memory_plan import estimate_run
 
 data = Path(tempfile.mkdtemp()) / "imgs"; write_images(data, 8, 512)

@@ -206,9 +206,9 @@ def _quiet():
         logging.set_verbosity(level)
 
 
-# family -> the function giving its denoiser's activation figure (same signature as unet_activations)
-ACTIVATION_FIGURES: dict[str, Callable[..., ActivationFigure]] = {
-    "sd1": unet_activations, "sd2": unet_activations, "sdxl": unet_activations}
+# the kind of denoiser (`Family.denoiser`) -> the function giving its activation figure (same signature as
+# unet_activations); the transformer families have none yet
+ACTIVATION_FIGURES: dict[str, Callable[..., ActivationFigure]] = {"unet": unet_activations}
 
 
 def free_memory(device: torch.device | str) -> int | None:

@@ -61,9 +61,16 @@ def _on_meta(name: str, config: dict) -> torch.nn.Module:
 
 
 def _family(unet_config: dict) -> str:
-    if unet_config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    return "sd2" if unet_config.get("cross_attention_dim") == 1024 else "sd1"
+    from sd_lora.models.families import detect_family
+
+    return detect_family({"unet": ["diffusers", "UNet2DConditionModel"]}, unet_config)
+
+
+def _figure(family: str):
+    """The activation-figure function of `family`'s kind of denoiser, or None."""
+    from sd_lora.models.families import get_family
+
+    return ACTIVATION_FIGURES.get(get_family(family).denoiser)
 
 
 def _injector(network, component: str, counted: list[int]):
@@ -92,7 +99,7 @@ def estimate_run(cfg, configs: dict[str, dict], checkpointing: bool, device: str
             _injector(n, "text_encoder", adapters)(model)
     vae_scale = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     latent = (d.resolution // vae_scale, d.resolution // vae_scale)
-    figure = ACTIVATION_FIGURES[family](configs["unet"], latent, t.batch_size, dtype, checkpointing,
+    figure = _figure(family)(configs["unet"], latent, t.batch_size, dtype, checkpointing,
                                         _injector(n, "unet", adapters))
     kept = sizes["unet"] + (0 if encoders_freed[0] else sizes["vae"]) + \
         (0 if encoders_freed[1] else sum(v for k, v in sizes.items() if k.startswith("text_encoder")))
@@ -117,7 +124,7 @@ def dry_run_lines(cfg, scan) -> list[str]:
     """The memory lines of `sd-lora train --dry-run` (cfg's precision resolved): the estimate with checkpointing
     as configured or as 'auto' would choose now, and why."""
     configs = component_configs(cfg.model.pretrained, cfg.model.revision)
-    if configs is not None and (cfg.model.family or _family(configs["unet"])) not in ACTIVATION_FIGURES:
+    if configs is not None and _figure(cfg.model.family or _family(configs["unet"])) is None:
         return [f"Memory estimate: no activation figures for the {cfg.model.family} family yet"]
     if configs is None:
         return ["Memory estimate: not available before loading (a single-file checkpoint or an uncached hub model)"]
@@ -143,7 +150,7 @@ def with_resolved_checkpointing(cfg, components: dict[str, torch.nn.Module], dev
     in what is free. Returns the cfg and the line saying why."""
     t = cfg.train
     known = "unet" in components and set(components) <= set(_CLASSES) and \
-        (family or _family(dict(components["unet"].config))) in ACTIVATION_FIGURES
+        _figure(family or _family(dict(components["unet"].config))) is not None
     if t.gradient_checkpointing == "auto" and not known:
         on, why = False, f"auto: no activation estimate for the {family} family yet, so off"
     elif t.gradient_checkpointing == "auto":
