@@ -1,5 +1,6 @@
 """Round 2 (B): inputs that were accepted and misused without a word, malformed files, and errors that blamed
-the wrong thing. CLI cases run `python -m sd_lora` in a subprocess; caption decoding, prompt-file parsing and
+the wrong thing. CLI cases call the CLI's `main()` in-process (`run_main`: they are about messages, not the
+process), except `~`, which needs its own HOME; caption decoding, prompt-file parsing and
 the NaN image use the Python API, where that is the point."""
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.reliability.conftest import assert_ok, assert_user_error, cli_env, dry_run, run_cli, write_image
+from tests.reliability.conftest import assert_ok, assert_user_error, cli_env, run_main, write_image
 
 # ---------------------------------------------------------------- class 6: inputs accepted and misused
+
+
+def dry_run(folder, cwd):
+    return run_main("train", "--set", f"data.dir={folder}", "--set", "data.resolution=32", "--dry-run", cwd=cwd)
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32"])
@@ -72,7 +77,7 @@ def test_kohya_options_of_a_prompt_file_line_are_used_not_left_in_the_prompt(tmp
 
 def test_a_prompt_file_line_with_its_own_seed_and_steps_generates_with_them(tmp_path):
     (tmp_path / "p.txt").write_text("a red square --d 7 --s 2\n")
-    result = run_cli("generate", "--prompt-file", "p.txt", "--seed", "1", "--steps", "4", "--width", "32",
+    result = run_main("generate", "--prompt-file", "p.txt", "--seed", "1", "--steps", "4", "--width", "32",
                      "--height", "32", "--out", "imgs", cwd=tmp_path)
     assert_ok(result)
     (image,) = sorted((tmp_path / "imgs").glob("*.png"))
@@ -82,7 +87,7 @@ def test_a_prompt_file_line_with_its_own_seed_and_steps_generates_with_them(tmp_
 
 def test_unknown_prompt_file_option_is_an_error_naming_the_line(tmp_path):
     (tmp_path / "p.txt").write_text("fine\na cat --x 3\n")
-    result = run_cli("generate", "--prompt-file", "p.txt", "--out", "imgs", cwd=tmp_path)
+    result = run_main("generate", "--prompt-file", "p.txt", "--out", "imgs", cwd=tmp_path)
     assert_user_error(result, "generate", "p.txt:2", "unknown option --x")
     assert not (tmp_path / "imgs").exists()
 
@@ -144,7 +149,7 @@ _T = {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 32]}
 ], ids=["negative-shape", "forged-shape", "float-shape", "metadata-list", "metadata-number"])
 def test_malformed_safetensors_headers_are_one_clear_error(tmp_path, header, needle):
     raw_safetensors(tmp_path / "bad.safetensors", header, bytes(32))
-    assert_user_error(run_cli("inspect", "bad.safetensors", cwd=tmp_path), "inspect", "bad.safetensors", needle)
+    assert_user_error(run_main("inspect", "bad.safetensors", cwd=tmp_path), "inspect", "bad.safetensors", needle)
 
 
 def lora_with_metadata(path: Path, metadata: dict) -> Path:
@@ -161,7 +166,7 @@ def lora_with_metadata(path: Path, metadata: dict) -> Path:
 ], ids=["deep", "wrong-container", "wrong-entries"])
 def test_malformed_sample_records_are_one_clear_error(tmp_path, metadata, needle):
     lora_with_metadata(tmp_path / "x.safetensors", metadata)
-    result = run_cli("generate", "--recipe", "x.safetensors", "--out", "imgs", cwd=tmp_path)
+    result = run_main("generate", "--recipe", "x.safetensors", "--out", "imgs", cwd=tmp_path)
     assert_user_error(result, "generate", "--recipe x.safetensors", "'sd_lora.samples'", needle)
 
 
@@ -173,7 +178,7 @@ def test_malformed_sample_records_are_one_clear_error(tmp_path, metadata, needle
 ], ids=["nan-clip-skip", "negative-clip-skip", "inf-rescale", "deep-recipe"])
 def test_bad_numbers_in_a_lora_s_metadata_are_one_error_naming_lora(tmp_path, metadata, needle):
     lora_with_metadata(tmp_path / "x.safetensors", metadata)
-    result = run_cli("generate", "--lora", "x.safetensors", "--prompt", "a", "--out", "imgs", cwd=tmp_path)
+    result = run_main("generate", "--lora", "x.safetensors", "--prompt", "a", "--out", "imgs", cwd=tmp_path)
     message = assert_user_error(result, "generate", "--lora x.safetensors", needle)
     assert "--recipe" not in message
     assert not (tmp_path / "imgs").exists()
@@ -181,7 +186,7 @@ def test_bad_numbers_in_a_lora_s_metadata_are_one_error_naming_lora(tmp_path, me
 
 def test_a_table_where_a_number_belongs_is_a_clear_config_error(tmp_path):
     (tmp_path / "c.toml").write_text("[train]\nlearning_rate = { value = 1 }\n")
-    result = run_cli("train", "--config", "c.toml", "--validate", cwd=tmp_path)
+    result = run_main("train", "--config", "c.toml", "--validate", cwd=tmp_path)
     assert_user_error(result, "train", "train.learning_rate: expected number, got {'value': 1} (dict)")
 
 
@@ -190,14 +195,14 @@ def test_a_table_where_a_number_belongs_is_a_clear_config_error(tmp_path):
 
 def test_a_broken_lora_file_is_blamed_on_lora_not_recipe(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"not a safetensors file at all")
-    result = run_cli("generate", "--lora", "x.safetensors", "--prompt", "a", "--out", "imgs", cwd=tmp_path)
+    result = run_main("generate", "--lora", "x.safetensors", "--prompt", "a", "--out", "imgs", cwd=tmp_path)
     message = assert_user_error(result, "generate", "x.safetensors")
     assert "--recipe" not in message
 
 
 def test_a_bad_override_is_blamed_on_set_not_the_config_file(tmp_path):
     (tmp_path / "c.toml").write_text("[train]\nmax_steps = 10\n")
-    result = run_cli("train", "--config", "c.toml", "--set", "train.learning_rate=nan", "--validate", cwd=tmp_path)
+    result = run_main("train", "--config", "c.toml", "--set", "train.learning_rate=nan", "--validate", cwd=tmp_path)
     message = assert_user_error(result, "train", "the command-line overrides (--set), not the config file",
                                 "train.learning_rate", "(given with --set)")
     assert "in c.toml" not in message
@@ -205,7 +210,7 @@ def test_a_bad_override_is_blamed_on_set_not_the_config_file(tmp_path):
 
 def test_a_bad_value_in_the_file_is_still_blamed_on_the_file_beside_a_good_override(tmp_path):
     (tmp_path / "c.toml").write_text("[train]\nmax_steps = \"ten\"\n")
-    result = run_cli("train", "--config", "c.toml", "--set", "train.learning_rate=0.001", "--validate", cwd=tmp_path)
+    result = run_main("train", "--config", "c.toml", "--set", "train.learning_rate=0.001", "--validate", cwd=tmp_path)
     message = assert_user_error(result, "train", "in c.toml", "train.max_steps")
     assert "(given with --set)" not in message
 
@@ -214,7 +219,7 @@ def test_a_bad_value_in_the_file_is_still_blamed_on_the_file_beside_a_good_overr
                                               ("c.yaml", "train:\n  max_steps: 3\n", "YAML")])
 def test_a_config_that_is_not_toml_says_a_config_must_be_toml(tmp_path, name, text, kind):
     (tmp_path / name).write_text(text)
-    result = run_cli("train", "--config", name, "--validate", cwd=tmp_path)
+    result = run_main("train", "--config", name, "--validate", cwd=tmp_path)
     assert_user_error(result, "train", f"not valid TOML (it looks like {kind})", "a config must be a TOML file")
 
 
@@ -222,6 +227,6 @@ def test_only_regularisation_subsets_names_no_folder_called_none(tmp_path):
     write_image(tmp_path / "reg" / "r.png")
     (tmp_path / "c.toml").write_text(f"[data]\nresolution = 32\n[[data.subsets]]\ndir = '{tmp_path / 'reg'}'\n"
                                      "is_reg = true\n")
-    result = run_cli("train", "--config", "c.toml", "--dry-run", cwd=tmp_path)
+    result = run_main("train", "--config", "c.toml", "--dry-run", cwd=tmp_path)
     message = assert_user_error(result, "train", "every data subset is a regularisation set", "data.dir")
     assert "(none)" not in message
