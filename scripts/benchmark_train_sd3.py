@@ -10,7 +10,8 @@ Tokenizers are made in code (CLIP as scripts/benchmark_train.py makes it, T5 by 
 
 Columns, each its own process run one after the other on the same model and the same --images random images (default 4), 512 px, batch 1,
 LoRA rank 16 on the same 12 attention projections (sd-lora's default preset 'attn'; passed to the peer with
---lora_layers), T5 length 256 for both (the peer's default is 77):
+--lora_layers), the same T5 length for both (--t5-length: sd-lora's default 256 unless given; the peer's own
+default is 77):
   cli   `sd-lora train --config ...` with the default config (caches 'auto');
   peer  diffusers' example script with its defaults otherwise (no --cache_latents: it runs the VAE each step),
         given with --peer-script (not in the diffusers wheel; fetch it yourself, keep it out of the repository).
@@ -44,7 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 WORDS = ["a", "photo", "of", "cat"]
 PROMPT = "a photo of a cat"
-T5_LENGTH = 256
 
 
 def build_model(model_dir: Path) -> None:
@@ -165,14 +165,15 @@ def exec_wrapped(result_file: Path, limit_gb: float, target: list[str]) -> None:
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     report.update(times=gaps, sec_per_step=statistics.median(gaps) if gaps else None,
                   peak_at_last_step_gb=peak_at_steps[0], wall_s=time.perf_counter() - start,
-                  peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+                  peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  peak_vram_gb=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None)
     result_file.write_text(json.dumps(report))
 
 
 def cli_command(args, work: Path, data_dir: Path) -> list[str]:
     config = work / "train.toml"
     config.write_text(f"""[model]\npretrained = "{args.model_dir}"\n[data]\ndir = "{data_dir}"
-resolution = {args.resolution}\n[network]\nrank = {args.rank}\nalpha = {args.rank}\n[train]\nmax_steps = {args.steps}
+resolution = {args.resolution}\nt5_max_length = {args.t5_length}\n[network]\nrank = {args.rank}\nalpha = {args.rank}\n[train]\nmax_steps = {args.steps}
 batch_size = 1\nlearning_rate = 1e-4\nmixed_precision = "{args.mixed_precision}"\n[output]\ndir = "{work / 'out'}"
 log_with = "none"\n""")
     return ["-m", "sd_lora.cli.main", "train", "--config", str(config)]
@@ -184,7 +185,7 @@ def peer_command(args, work: Path, data_dir: Path) -> list[str]:
     return [str(args.peer_script), "--pretrained_model_name_or_path", str(args.model_dir),
             "--instance_data_dir", str(data_dir), "--instance_prompt", PROMPT, "--resolution", str(args.resolution),
             "--train_batch_size", "1", "--max_train_steps", str(args.steps), "--rank", str(args.rank),
-            "--lora_layers", ",".join(SD3_PRESETS["attn"]), "--max_sequence_length", str(T5_LENGTH),
+            "--lora_layers", ",".join(SD3_PRESETS["attn"]), "--max_sequence_length", str(args.t5_length),
             "--learning_rate", "1e-4", "--lr_scheduler", "constant", "--seed", "0", "--center_crop",
             "--dataloader_num_workers", "0", "--mixed_precision", args.mixed_precision,
             "--output_dir", str(work / "out"), "--checkpointing_steps", "1000000"]
@@ -221,6 +222,8 @@ def main() -> None:
     p.add_argument("--only", choices=["cli", "peer"], action="append")
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--t5-length", type=int, default=256, help="T5 tokens per prompt, both trainers (joins the "
+                   "image tokens in every attention: 256 is sd-lora's and diffusers' pipeline default)")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     p.add_argument("--steps", type=int, default=4, help="optimiser steps per run; the first is the warm-up")
     p.add_argument("--images", type=int, default=4, help="training images (at most --steps, so that sd-lora's "
@@ -248,7 +251,7 @@ def main() -> None:
         print(f"{name}: {json.dumps(results[name])}", flush=True)
     device = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
     print(f"\nSD3.5 Medium full-size transformer, random weights, {args.resolution} px, batch 1, LoRA rank {args.rank}, "
-          f"mixed precision {args.mixed_precision}, {args.steps - 1} timed steps after 1 warm-up, torch "
+          f"T5 length {args.t5_length}, mixed precision {args.mixed_precision}, {args.steps - 1} timed steps after 1 warm-up, torch "
           f"{torch.__version__}, {device}, load avg {os.getloadavg()[0]:.1f}")
     print("| what | s/step | peak RSS to last step, GB | peak RSS of process, GB |\n|---|---|---|---|")
     names = {"cli": "sd-lora train, default config", "peer": "diffusers train_dreambooth_lora_sd3.py"}
@@ -256,7 +259,8 @@ def main() -> None:
         if "failed" in r or "aborted" in r:
             print(f"| {names[name]} | {r.get('aborted') or 'failed'} | | {r.get('peak_gb', 0):.2f} |")
         else:
-            print(f"| {names[name]} | {r['sec_per_step']:.1f} | {r['peak_at_last_step_gb']:.2f} | {r['peak_gb']:.2f} |")
+            print(f"| {names[name]} | {r['sec_per_step']:.1f} | {r['peak_at_last_step_gb']:.2f} | {r['peak_gb']:.2f} |"
+                  + (f" peak VRAM {r['peak_vram_gb']:.2f} GiB" if r.get("peak_vram_gb") else ""))
     ok = [n for n in ("cli", "peer") if n in results and results[n].get("sec_per_step")]
     if ok == ["cli", "peer"]:
         c, q = results["cli"], results["peer"]

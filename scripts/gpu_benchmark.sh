@@ -5,6 +5,8 @@
 #   2. SDXL architecture, 1024 px, batch 1, gradient checkpointing + caches: peak VRAM (target <= 10 GB).
 #   3. One tiny run each with attention = xformers, optimizer = adamw8bit, model.quantize = nf4, when the
 #      package is installed (skipped with a line saying so otherwise).
+#   4. SD3.5 Medium (full-size transformer, random weights), 1024 px, batch 1, bf16, rank 16: s/step and peak
+#      VRAM of `sd-lora train` with its default config (scripts/benchmark_train_sd3.py, cli column).
 # Random weights (no download). Usage:  bash scripts/gpu_benchmark.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,4 +83,8 @@ run_tiny() {  # name, python module it needs, extra --set options
 run_tiny xformers xformers --set train.attention=xformers
 run_tiny adamw8bit bitsandbytes --set train.optimizer=adamw8bit
 run_tiny nf4 bitsandbytes --set model.quantize=nf4
+
+echo "== 4. SD3.5 Medium 1024 px batch 1 bf16: sd-lora train, default config"
+timeout 600 "$PY" scripts/benchmark_train_sd3.py --only cli --model-dir "$OUT/sd35m-random" --resolution 1024 \
+    --mixed-precision bf16 --steps 11 --images 4 --rss-limit-gb 100 --log-dir "$OUT" | tee "$OUT/sd35m.txt"
 echo "results in $OUT"
