@@ -138,7 +138,10 @@ def exec_wrapped(result_file: Path, limit_gb: float, target: list[str]) -> None:
     def watch():
         while True:
             if rss_gb() > limit_gb:
-                report.update(aborted=f"RSS passed {limit_gb} GB", peak_gb=rss_gb())
+                gaps = [b - a for a, b in zip(stamps, stamps[1:])]  # steps done before the limit still count
+                report.update(aborted=f"stopped: RSS passed {limit_gb} GB", peak_gb=rss_gb(), times=gaps,
+                              sec_per_step=statistics.median(gaps) if gaps else None,
+                              peak_at_last_step_gb=peak_at_steps[0])
                 result_file.write_text(json.dumps(report))
                 os._exit(3)
             time.sleep(0.2)
@@ -256,8 +259,11 @@ def main() -> None:
     print("| what | s/step | peak RSS to last step, GB | peak RSS of process, GB |\n|---|---|---|---|")
     names = {"cli": "sd-lora train, default config", "peer": "diffusers train_dreambooth_lora_sd3.py"}
     for name, r in results.items():
-        if "failed" in r or "aborted" in r:
+        if "failed" in r or not r.get("sec_per_step"):
             print(f"| {names[name]} | {r.get('aborted') or 'failed'} | | {r.get('peak_gb', 0):.2f} |")
+        elif "aborted" in r:
+            print(f"| {names[name]} | {r['sec_per_step']:.1f} | {r['peak_at_last_step_gb']:.2f} | "
+                  f"> {r['peak_gb']:.2f} ({r['aborted']}) |")
         else:
             print(f"| {names[name]} | {r['sec_per_step']:.1f} | {r['peak_at_last_step_gb']:.2f} | {r['peak_gb']:.2f} |"
                   + (f" peak VRAM {r['peak_vram_gb']:.2f} GiB" if r.get("peak_vram_gb") else ""))
