@@ -8,6 +8,8 @@
 #   4. The defaults of issue 24: what train.mixed_precision / gradient_checkpointing = "auto" pick on this GPU,
 #      SD1.5 512 px batch 4 s/step and peak of the default, of forced fp32 and of fused_backward, each peak
 #      against the memory estimate (sd_lora.train.memory_plan, the figures --dry-run prints).
+#   5. SD3.5 Medium (full-size transformer, random weights), 1024 px, batch 1, bf16, rank 16: s/step and peak
+#      VRAM of `sd-lora train` with its default config (scripts/benchmark_train_sd3.py, cli column).
 # Random weights (no download). Usage:  bash scripts/gpu_benchmark.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,4 +118,8 @@ for name, train in [("default (auto)", {}), ("fp32", {"mixed_precision": "no"}),
           f"estimate / measured {e.training / peak:.2f})")
     recipe.cleanup(); del recipe; torch.cuda.empty_cache()
 EOF
+
+echo "== 5. SD3.5 Medium 1024 px batch 1 bf16: sd-lora train, default config"
+timeout 600 "$PY" scripts/benchmark_train_sd3.py --only cli --model-dir "$OUT/sd35m-random" --resolution 1024 \
+    --mixed-precision bf16 --steps 11 --images 4 --rss-limit-gb 100 --log-dir "$OUT" | tee "$OUT/sd35m.txt"
 echo "results in $OUT"
