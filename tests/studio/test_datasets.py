@@ -17,7 +17,8 @@ def test_the_page_shows_the_dry_run_plan(make_client, data_root, capsys):
     assert main(["train", "--set", f"data.dir={data_root / 'shapes'}", "--set", "data.resolution=32", "--set",
                  "train.batch_size=2", "--set", "data.num_repeats=3", "--set", "train.max_steps=1000", "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    plan = printed[printed.index("Dataset plan"):printed.index("Model:")].rstrip("\n")
+    # the dataset plan: what --dry-run prints before its precision and memory lines
+    plan = printed[printed.index("Dataset plan"):printed.index("\nprecision:")].rstrip("\n")
     shown = html.unescape(re.search(r'<pre id="plan" class="plan">(.*?)</pre>', r.text, flags=re.S).group(1))
     assert shown == plan
     assert "6 images x 3 repeats = 18 samples" in plan and "    32x32: " in plan

@@ -56,6 +56,15 @@ def test_exported_file_loads_in_diffusers_with_the_same_image(request, tiny_data
 def test_resolved_config_is_written_and_reloads(tiny_sd1_dir, tiny_dataset, tmp_path):
     from sd_lora.config.load import load_config
 
+    import dataclasses
+
+    from sd_lora.train.precision import with_resolved_precision
+
     cfg = tiny_config(tiny_sd1_dir, tiny_dataset, tmp_path / "out", train={"max_steps": 1})
     result = run_training(cfg)
-    assert load_config(result.config_path) == cfg
+    written = load_config(result.config_path)
+    # the 'auto' choices are written as what ran (this machine's precision; no checkpointing for a tiny model)
+    ran = with_resolved_precision(cfg)[0].train.mixed_precision
+    assert (written.train.mixed_precision, written.train.gradient_checkpointing) == (ran, False)
+    assert written == dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, mixed_precision=ran, gradient_checkpointing=False))
