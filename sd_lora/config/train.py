@@ -99,9 +99,10 @@ class TrainConfig:
         False, "With train.resume = a state folder: resume although the state was saved by a run with another dataset, "
         "seed, learning setup or base model (the network's shape must still match).", resume="free")
     log_every_n_steps: int = _f(10, "Log loss, learning rates and speed every N optimiser steps.", resume="free")
-    compile: bool = _f(False, "torch.compile the UNet (with its adapters). Compiling takes minutes; on a GPU the steps "
-                              "get faster, on the CPU they were slower (docs/benchmarks.md).", resume="free")
-    channels_last: bool = _f(False, "Keep the UNet's convolution weights and inputs in channels-last memory layout "
+    compile: bool = _f(False, "torch.compile the denoiser (UNet or transformer, with its adapters). Compiling takes "
+                              "minutes; on a GPU the steps get faster, on the CPU they were slower (docs/benchmarks.md).",
+                       resume="free")
+    channels_last: bool = _f(False, "Keep the denoiser's convolution weights and inputs in channels-last memory layout "
                                     "(faster convolutions on recent GPUs with fp16/bf16).", resume="free")
     adamw_impl: Literal["auto", "fused", "foreach", "for_loop"] = _f(
         "auto", "torch AdamW kernel: fused (one kernel for all tensors; 'auto' picks it where torch has it, CPU and "
